@@ -1,0 +1,59 @@
+"""Opaque, prefixed, time-ordered identifiers (``pay_...``, ``evt_...``).
+
+An id is the prefix plus 26 characters of Crockford base32: 48 bits of milliseconds since the
+epoch followed by 80 random bits (a ULID). Ids therefore sort by creation time, which keeps
+B-tree inserts local and gives cursor pagination a stable order.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+__all__ = ["PREFIXES", "new_id", "prefix_of"]
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+PREFIXES = {
+    "merchant": "mch_",
+    "access_key_test": "ak_test_",
+    "access_key_live": "ak_live_",
+    "payment": "pay_",
+    "refund": "re_",
+    "checkout_session": "cs_",
+    "event": "evt_",
+    "webhook_endpoint": "we_",
+    "payment_method": "pm_",
+    "dispute": "dp_",
+    "settlement": "st_",
+    "payout": "po_",
+    "request": "req_",
+    "journal": "jnl_",
+    "attempt": "att_",
+    "delivery": "whd_",
+    "review": "rev_",
+}
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str, *, now_ms: int | None = None) -> str:
+    """A fresh id with ``prefix`` (which should end with ``_``)."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | secrets.randbits(80)
+    return prefix + _encode(value, 26)
+
+
+def prefix_of(object_id: str) -> str:
+    """The prefix of ``object_id`` including the trailing underscore(s) (``ak_test_``)."""
+    for p in sorted(PREFIXES.values(), key=len, reverse=True):
+        if object_id.startswith(p):
+            return p
+    head, sep, _ = object_id.partition("_")
+    return head + sep
