@@ -1,0 +1,119 @@
+"""The one place that maps errors to HTTP.
+
+Everything below the API raises ``openpse.domain.errors`` subclasses with a stable ``code``;
+this module turns them (and framework validation errors) into the contract's error body:
+``{"error": {"type", "code", "message", "param", "request_id", ...}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openpse.domain import errors as e
+
+__all__ = ["JSON_CONTENT_TYPE", "error_body", "error_response", "json_bytes", "status_and_type",
+           "validation_error"]
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+_IDEMPOTENCY_STATUS = {"idempotency_key_reused": 422, "idempotency_request_in_progress": 409}
+
+
+def status_and_type(err: e.DomainError) -> tuple[int, str]:
+    if isinstance(err, e.NotFound):
+        return 404, "invalid_request_error"
+    if isinstance(err, e.InvalidRequest):
+        return (413 if err.code == "body_too_large" else 400), "invalid_request_error"
+    if isinstance(err, e.AuthenticationFailed):
+        return 401, "authentication_error"
+    if isinstance(err, e.PermissionDenied):
+        return 403, "permission_error"
+    if isinstance(err, e.IdempotencyFailure):
+        return _IDEMPOTENCY_STATUS.get(err.code, 409), "idempotency_error"
+    if isinstance(err, e.Conflict):
+        return 409, "invalid_request_error"
+    if isinstance(err, e.RateLimited):
+        return 429, "rate_limit_error"
+    if isinstance(err, e.CardDeclined):
+        return 402, "card_error"
+    if isinstance(err, e.AcquirerUnavailable):
+        return 502, "api_error"
+    return 500, "api_error"
+
+
+def json_bytes(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def error_body(err: e.DomainError, request_id: str | None) -> tuple[int, dict[str, Any]]:
+    status, typ = status_and_type(err)
+    body: dict[str, Any] = {
+        "type": typ,
+        "code": err.code,
+        "message": err.message,
+        "param": err.param,
+        "request_id": request_id,
+    }
+    body.update(err.extra)
+    return status, {"error": body}
+
+
+def error_response(
+    err: e.DomainError, request_id: str | None, headers: dict[str, str] | None = None
+) -> Response:
+    status, body = error_body(err, request_id)
+    hdrs = dict(headers or {})
+    if isinstance(err, e.RateLimited):
+        hdrs["Retry-After"] = str(err.retry_after_s)
+    return Response(json_bytes(body), status_code=status, media_type=JSON_CONTENT_TYPE,
+                    headers=hdrs)
+
+
+def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # pydantic puts the model type name for union members; drop tagged-union noise
+    parts = [p for p in parts if not p.startswith(("function-", "tagged-union"))]
+    if not parts:
+        return None
+    return parts[0] + "".join(f"[{p}]" for p in parts[1:])
+
+
+_FIELD_CODES = {"amount": "invalid_amount", "currency": "invalid_currency"}
+
+
+def validation_error(exc: RequestValidationError) -> e.InvalidRequest:
+    """The first problem pydantic found, as a contract error with the offending ``param``."""
+    errs = exc.errors()
+    first = errs[0] if errs else {"type": "value_error", "loc": (), "msg": "invalid request"}
+    kind = first.get("type", "")
+    loc = tuple(first.get("loc", ()))
+    param = _param_from_loc(loc)
+    leaf = str(loc[-1]) if loc else ""
+    if kind == "json_invalid":
+        return e.InvalidRequest(
+            "the request body is not valid JSON: " + str(first.get("ctx", {}).get("error", "")),
+            code="invalid_json",
+        )
+    if kind == "missing":
+        return e.InvalidRequest(f"{param} is required", code="parameter_missing", param=param)
+    if kind == "extra_forbidden":
+        return e.InvalidRequest(
+            f"{param} is not a parameter of this request (it may be read-only or misspelled)",
+            code="parameter_unknown",
+            param=param,
+        )
+    code = _FIELD_CODES.get(leaf, "parameter_invalid")
+    msg = f"{param}: {first.get('msg', 'invalid value')}"
+    if code == "invalid_amount":
+        msg = (f"{param} must be an integer in the currency's minor unit "
+               "(JPY 1000 for ¥1,000; USD 1050 for $10.50), not a float or a string")
+    return e.InvalidRequest(msg, code=code, param=param)
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)

@@ -1,0 +1,161 @@
+"""Idempotency keys (CONTRACT §3), after Brandur Leach's design for Stripe-like keys.
+
+The key row is inserted first, in its own transaction; the unique constraint on
+(merchant, mode, key) — not a lookup — decides who runs. The winner runs the request; the
+response is stored when it finishes and replayed byte-for-byte afterwards. A 5xx deletes the
+row so the client can retry. A process that dies mid-request leaves the row locked; after
+``lock_timeout_s`` another attempt takes the lock over with a compare-and-set and resumes from
+the row's recovery point (``resource_id``: what the first attempt had already created).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from openpse.domain.errors import IdempotencyFailure, InvalidRequest
+from openpse.storage.db import Database
+from openpse.storage.tables import idempotency_keys
+
+__all__ = ["Claimed", "IdempotencyStore", "Replay", "request_hash", "validate_key"]
+
+RETENTION_S = 24 * 3600 + 3600  # at least 24 h, as the contract promises
+MAX_KEY_LENGTH = 255
+REPLAYED_HEADER_NAMES = ("content-type",)
+
+
+def validate_key(key: str) -> str:
+    if not (1 <= len(key) <= MAX_KEY_LENGTH) or not all(0x20 < ord(c) < 0x7F for c in key):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1-255 printable ASCII characters (a UUID is a good choice)",
+            code="idempotency_key_invalid",
+            param="Idempotency-Key",
+        )
+    return key
+
+
+def request_hash(method: str, path: str, query: str, body: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query.encode()):
+        h.update(part)
+        h.update(b"\n")
+    h.update(body)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Claimed:
+    record_id: int
+    resource_id: str | None  # set when resuming work a crashed attempt had started
+
+
+class IdempotencyStore:
+    def __init__(self, db: Database, *, lock_timeout_s: int) -> None:
+        self._db = db
+        self._lock_timeout_s = lock_timeout_s
+
+    async def begin(
+        self, *, merchant_id: str, livemode: bool, key: str, method: str, path: str,
+        req_hash: str, now: int,
+    ) -> Claimed | Replay:
+        scope = (
+            (idempotency_keys.c.merchant_id == merchant_id)
+            & (idempotency_keys.c.livemode == livemode)
+            & (idempotency_keys.c.key == key)
+        )
+        for _ in range(3):  # bounded: insert, or find the holder (or an expired row to drop)
+            try:
+                async with self._db.transaction() as tx:
+                    res = await tx.execute(
+                        insert(idempotency_keys).values(
+                            merchant_id=merchant_id, livemode=livemode, key=key,
+                            request_hash=req_hash, method=method, path=path,
+                            status="in_progress", locked_at=now, created=now,
+                            expires_at=now + RETENTION_S,
+                        )
+                    )
+                    pk = res.inserted_primary_key
+                    assert pk is not None
+                    return Claimed(record_id=int(pk[0]), resource_id=None)
+            except IntegrityError:
+                pass
+            async with self._db.read() as conn:
+                row = (await conn.execute(select(idempotency_keys).where(scope))).first()
+            if row is None:
+                continue  # it was deleted (a 5xx) between our insert and read: try again
+            if row.expires_at <= now:
+                async with self._db.transaction() as tx:
+                    await tx.execute(delete(idempotency_keys).where(idempotency_keys.c.id == row.id))
+                continue
+            return await self._existing(row, req_hash, now)
+        raise IdempotencyFailure(
+            "the request with this Idempotency-Key is still being processed; retry shortly",
+            code="idempotency_request_in_progress",
+        )
+
+    async def _existing(self, row: Any, req_hash: str, now: int) -> Claimed | Replay:
+        if row.request_hash != req_hash:
+            raise IdempotencyFailure(
+                "this Idempotency-Key was already used with a different request (method, path "
+                "or body differ); use a new key for a new request",
+                code="idempotency_key_reused",
+            )
+        if row.status == "completed":
+            return Replay(row.response_status, dict(row.response_headers or {}), row.response_body)
+        if row.locked_at is not None and row.locked_at > now - self._lock_timeout_s:
+            raise IdempotencyFailure(
+                "a request with this Idempotency-Key is still in progress; retry after it "
+                "finishes (the same key then replays its response)",
+                code="idempotency_request_in_progress",
+            )
+        async with self._db.transaction() as tx:  # stale lock: take it over, compare-and-set
+            res = await tx.execute(
+                update(idempotency_keys)
+                .where(idempotency_keys.c.id == row.id,
+                       idempotency_keys.c.locked_at == row.locked_at,
+                       idempotency_keys.c.status == "in_progress")
+                .values(locked_at=now)
+            )
+        if res.rowcount != 1:
+            raise IdempotencyFailure(
+                "a request with this Idempotency-Key is in progress; retry shortly",
+                code="idempotency_request_in_progress",
+            )
+        return Claimed(record_id=int(row.id), resource_id=row.resource_id)
+
+    async def complete(
+        self, record_id: int, *, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        kept = {k: v for k, v in headers.items() if k.lower() in REPLAYED_HEADER_NAMES}
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                update(idempotency_keys)
+                .where(idempotency_keys.c.id == record_id)
+                .values(status="completed", locked_at=None, response_status=status,
+                        response_headers=kept, response_body=body)
+            )
+
+    async def release(self, record_id: int) -> None:
+        """A 5xx or a refused request: forget the key so a retry runs the work (once)."""
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                update(idempotency_keys)
+                .where(idempotency_keys.c.id == record_id)
+                .values(locked_at=0)
+            )
+
+    async def purge(self, now: int) -> int:
+        async with self._db.transaction() as tx:
+            res = await tx.execute(delete(idempotency_keys).where(idempotency_keys.c.expires_at < now))
+        return int(res.rowcount or 0)

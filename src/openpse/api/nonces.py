@@ -1,0 +1,51 @@
+"""The replay store: a nonce is accepted once per access key inside the timestamp window.
+
+Database-backed by default (a primary key on (key, nonce) makes the check race-free across any
+number of processes); Redis ``SET NX EX`` when ``OPENPSE_REDIS_URL`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import delete, insert
+from sqlalchemy.exc import IntegrityError
+
+from openpse.storage.db import Database
+from openpse.storage.tables import nonces
+
+__all__ = ["DatabaseNonceStore", "NonceStore", "RedisNonceStore"]
+
+
+class NonceStore(Protocol):
+    async def remember(self, key_id: str, nonce: str, *, now_s: int, ttl_s: int) -> bool:
+        """True the first time; False when this nonce was already used with this key."""
+        ...
+
+
+class DatabaseNonceStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def remember(self, key_id: str, nonce: str, *, now_s: int, ttl_s: int) -> bool:
+        try:
+            async with self._db.transaction() as tx:
+                await tx.execute(
+                    insert(nonces).values(access_key_id=key_id, nonce=nonce, expires_at=now_s + ttl_s)
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def purge(self, now_s: int) -> int:
+        async with self._db.transaction() as tx:
+            res = await tx.execute(delete(nonces).where(nonces.c.expires_at < now_s))
+        return int(res.rowcount or 0)
+
+
+class RedisNonceStore:
+    def __init__(self, client: Any) -> None:
+        self._redis = client
+
+    async def remember(self, key_id: str, nonce: str, *, now_s: int, ttl_s: int) -> bool:
+        return bool(await self._redis.set(f"openpse:nonce:{key_id}:{nonce}", 1, nx=True, ex=ttl_s))

@@ -1,0 +1,307 @@
+"""The request pipeline every call goes through, as one ASGI middleware:
+
+request id -> body limit -> (for /v1) signature check -> rate limit -> idempotency claim ->
+the route -> idempotency result stored -> log line, metrics and the redacted request log.
+
+Doing this below the framework keeps it in one readable place and lets the idempotency layer
+capture and replay the exact response bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openpse.api.auth import AuthContext, Authenticator, client_ip
+from openpse.api.errors import JSON_CONTENT_TYPE, error_body, json_bytes
+from openpse.api.idempotency import Claimed, IdempotencyStore, Replay, request_hash, validate_key
+from openpse.api.metrics import AUTH_FAILURES, REQUEST_LATENCY, RESPONSES
+from openpse.api.ratelimit import RateLimiter
+from openpse.domain import errors as e
+from openpse.domain.ids import new_id
+from openpse.domain.redaction import redact, redact_text
+from openpse.logs import get_logger
+from openpse.storage.request_log import RequestLogWriter
+
+__all__ = ["Pipeline", "PipelineConfig"]
+
+LOGGED_BODY_CAP_BYTES = 16 * 1024
+API_PREFIX = "/v1/"
+log = get_logger("openpse.api")
+
+
+@dataclass
+class PipelineConfig:
+    authenticator: Authenticator
+    rate_limiter: RateLimiter
+    idempotency: IdempotencyStore
+    request_log: RequestLogWriter
+    max_body_bytes: int
+    default_rate_per_s: int
+    trusted_proxies: list[Any]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Capture:
+    """Wraps ``send``: adds headers, remembers status and body for logs and idempotency."""
+
+    def __init__(self, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> None:
+        self._send = send
+        self.extra = extra_headers
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            raw = list(message.get("headers", [])) + self.extra
+            self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+            message = {**message, "headers": raw}
+        elif message["type"] == "http.response.body":
+            self.chunks.append(message.get("body", b""))
+        await self._send(message)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class Pipeline:
+    def __init__(self, app: ASGIApp, config: PipelineConfig) -> None:
+        self.app = app
+        self.cfg = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_id("req_")
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        peer = scope.get("client")[0] if scope.get("client") else None
+        ip = client_ip(peer, headers.get("x-forwarded-for"), self.cfg.trusted_proxies)
+        state["client_ip"] = ip
+        extra = [(b"x-request-id", request_id.encode())]
+        cap = _Capture(send, extra)
+        auth: AuthContext | None = None
+        claim: Claimed | None = None
+        body = b""
+        error_code: str | None = None
+        try:
+            body = await self._read_body(scope, receive, headers)
+            if scope["path"].startswith(API_PREFIX):
+                auth = await self._authenticate(scope, headers, body, ip)
+                state["auth"] = auth
+                extra.extend(await self._rate_limit(auth))
+                outcome = await self._claim(scope, headers, body, auth)
+                if isinstance(outcome, Replay):
+                    await self._send_replay(cap, outcome)
+                    return
+                claim = outcome
+                state["idempotency"] = claim
+            await self.app(scope, _replay_body(body, receive), cap)
+            if claim is not None:
+                await self._settle_claim(claim, cap)
+                claim = None
+        except e.DomainError as err:
+            error_code = err.code
+            if isinstance(err, e.AuthenticationFailed | e.PermissionDenied) and auth is None:
+                AUTH_FAILURES.labels(err.code).inc()
+            await self._send_error(cap, err, request_id)
+            if claim is not None:
+                await self._settle_claim(claim, cap)
+                claim = None
+        except _BodyTooLarge:
+            error_code = "body_too_large"
+            await self._send_error(cap, e.InvalidRequest(
+                f"the request body is larger than {self.cfg.max_body_bytes} bytes",
+                code="body_too_large"), request_id)
+        except Exception:
+            log.exception("unhandled error", path=scope["path"])
+            error_code = "internal_error"
+            if not cap.started:
+                await self._send_error(cap, e.DomainError(
+                    "an internal error occurred; it is safe to retry with the same "
+                    "Idempotency-Key", code="internal_error"), request_id)
+        finally:
+            if claim is not None:
+                await self.cfg.idempotency.release(claim.record_id)
+            self._record(scope, cap, started, request_id, auth, ip, headers, body, error_code)
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _read_body(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> bytes:
+        limit = self.cfg.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _BodyTooLarge
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            parts.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        return b"".join(parts)
+
+    async def _authenticate(
+        self, scope: Scope, headers: dict[str, str], body: bytes, ip: str | None
+    ) -> AuthContext:
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+        path = path.split("?", 1)[0]
+        return await self.cfg.authenticator.authenticate(
+            method=scope["method"], raw_path=path,
+            raw_query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers, body=body, ip=ip,
+        )
+
+    async def _rate_limit(self, auth: AuthContext) -> list[tuple[bytes, bytes]]:
+        rate = auth.rate_limit_per_s
+        if rate is None:
+            rate = self.cfg.default_rate_per_s
+        if rate == 0:
+            return []
+        decision = await self.cfg.rate_limiter.hit(auth.access_key_id, rate)
+        hdrs = decision.headers()
+        if not decision.allowed:
+            raise e.RateLimited(
+                f"too many requests for access key {auth.access_key_id} (limit {rate}/s, burst "
+                f"{2 * rate}); retry after {decision.retry_after_s} s",
+                retry_after_s=decision.retry_after_s, code="rate_limited",
+                extra={"rate_limit_headers": hdrs},
+            )
+        return [(k.lower().encode(), v.encode()) for k, v in hdrs.items()]
+
+    async def _claim(
+        self, scope: Scope, headers: dict[str, str], body: bytes, auth: AuthContext
+    ) -> Claimed | Replay | None:
+        key = headers.get("idempotency-key")
+        if scope["method"] != "POST" or key is None:
+            return None
+        key = validate_key(key)
+        query = scope.get("query_string", b"").decode("latin-1")
+        return await self.cfg.idempotency.begin(
+            merchant_id=auth.merchant_id, livemode=auth.livemode, key=key,
+            method=scope["method"], path=scope["path"],
+            req_hash=request_hash(scope["method"], scope["path"], query, body),
+            now=int(time.time()),
+        )
+
+    async def _settle_claim(self, claim: Claimed, cap: _Capture) -> None:
+        transient = cap.status >= 500 or cap.status == 429 or cap.status == 0 or (
+            cap.status == 409 and b"idempotency_request_in_progress" in cap.body
+        )
+        if transient:
+            await self.cfg.idempotency.release(claim.record_id)
+        else:
+            await self.cfg.idempotency.complete(
+                claim.record_id, status=cap.status, headers=cap.headers, body=cap.body
+            )
+
+    async def _send_replay(self, cap: _Capture, replay: Replay) -> None:
+        hdrs = [(k.encode(), v.encode()) for k, v in replay.headers.items()]
+        hdrs.append((b"idempotent-replayed", b"true"))
+        hdrs.append((b"content-length", str(len(replay.body)).encode()))
+        await cap({"type": "http.response.start", "status": replay.status, "headers": hdrs})
+        await cap({"type": "http.response.body", "body": replay.body})
+
+    async def _send_error(self, cap: _Capture, err: e.DomainError, request_id: str) -> None:
+        if cap.started:
+            return
+        status, payload = error_body(err, request_id)
+        extra = payload["error"].pop("rate_limit_headers", None) or {}
+        body = json_bytes(payload)
+        hdrs = [(b"content-type", JSON_CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode())]
+        if isinstance(err, e.RateLimited):
+            hdrs.append((b"retry-after", str(err.retry_after_s).encode()))
+        hdrs.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+        await cap({"type": "http.response.start", "status": status, "headers": hdrs})
+        await cap({"type": "http.response.body", "body": body})
+
+    def _record(
+        self, scope: Scope, cap: _Capture, started: float, request_id: str,
+        auth: AuthContext | None, ip: str | None, headers: dict[str, str], body: bytes,
+        error_code: str | None,
+    ) -> None:
+        duration_s = time.perf_counter() - started
+        route = scope.get("route")
+        template = getattr(route, "path", None) or ("/v1/*" if scope["path"].startswith(
+            API_PREFIX) else scope["path"])
+        REQUEST_LATENCY.labels(scope["method"], template).observe(duration_s)
+        RESPONSES.labels(str(cap.status)).inc()
+        if error_code is None and cap.status >= 400 and cap.body[:1] == b"{":
+            try:
+                error_code = orjson.loads(cap.body)["error"]["code"]
+            except Exception:
+                error_code = None
+        log.info(
+            "request", method=scope["method"], path=scope["path"], status=cap.status,
+            duration_ms=round(duration_s * 1000, 2),
+            merchant_id=auth.merchant_id if auth else None, error_code=error_code,
+        )
+        if not scope["path"].startswith(API_PREFIX):
+            return
+        self.cfg.request_log.submit({
+            "id": request_id,
+            "merchant_id": auth.merchant_id if auth else None,
+            "livemode": auth.livemode if auth else None,
+            "access_key_id": auth.access_key_id if auth else headers.get("x-pse-access-key",
+                                                                         "")[:64] or None,
+            "method": scope["method"],
+            "path": scope["path"][:2048],
+            "query": redact_text(scope.get("query_string", b"").decode("latin-1"))[:2048],
+            "status": cap.status,
+            "error_code": error_code,
+            "duration_ms": int(duration_s * 1000),
+            "client_ip": ip,
+            "idempotency_key": headers.get("idempotency-key", "")[:255] or None,
+            "request_body": _redacted_json(body),
+            "response_body": _redacted_json(cap.body),
+            "created": int(time.time()),
+        })
+
+
+def _redacted_json(raw: bytes) -> str | None:
+    if not raw:
+        return None
+    try:
+        text = orjson.dumps(redact(orjson.loads(raw))).decode()
+    except Exception:
+        text = redact_text(raw[:LOGGED_BODY_CAP_BYTES].decode("utf-8", "replace"))
+    return text[:LOGGED_BODY_CAP_BYTES]
+
+
+def _replay_body(body: bytes, original: Receive) -> Receive:
+    """Hand the already-read body to the app once; afterwards wait for the real disconnect."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await original()
+
+    return receive

@@ -1,0 +1,24 @@
+"""Health and metrics (no authentication: bind them to an internal interface in production)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from openpse.api.errors import JSON_CONTENT_TYPE, json_bytes
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", summary="200 when the database answers, 503 otherwise")
+async def healthz(request: Request) -> Response:
+    ok = await request.app.state.services.db.ping()
+    body = {"status": "ok"} if ok else {"status": "unavailable", "database": "unreachable"}
+    return Response(json_bytes(body), status_code=200 if ok else 503,
+                    media_type=JSON_CONTENT_TYPE)
+
+
+@router.get("/metrics", summary="Prometheus text format")
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics_registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,140 @@
+"""The composition root: builds the database, crypto, connectors, pipeline and app from Settings."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from openpse.api.app import create_app
+from openpse.api.auth import Authenticator
+from openpse.api.idempotency import IdempotencyStore
+from openpse.api.nonces import DatabaseNonceStore, NonceStore, RedisNonceStore
+from openpse.api.pipeline import PipelineConfig
+from openpse.api.ratelimit import make_rate_limiter
+from openpse.config import Settings
+from openpse.crypto import Fingerprinter, SecretBox
+from openpse.logs import configure_logging
+from openpse.services.context import Services
+from openpse.storage import migrate
+from openpse.storage.db import Database
+from openpse.storage.request_log import RequestLogWriter
+
+__all__ = ["Runtime", "build_app", "build_services", "ensure_schema"]
+
+IDEMPOTENCY_LOCK_TIMEOUT_S = 30
+
+
+@dataclass
+class Runtime:
+    services: Services
+    asgi: Any
+    fastapi: Any
+    redis: Any | None
+
+
+def build_services(settings: Settings) -> Services:
+    master = settings.master_key_bytes()
+    db = Database(settings.resolved_database_url())
+    svc = Services(
+        db=db,
+        settings=settings,
+        secrets=SecretBox({1: master}),
+        fingerprints=Fingerprinter(master),
+    )
+    _attach_connectors(svc)
+    return svc
+
+
+def _attach_connectors(svc: Services) -> None:
+    try:
+        from openpse.connectors.registry import default_connectors
+    except ImportError:  # payments core not installed in this build
+        return
+    svc.connectors.update(default_connectors(svc))
+
+
+def ensure_schema(settings: Settings, *, create: bool) -> None:
+    """Embedded SQLite: create/upgrade the schema itself. Elsewhere: refuse a schema behind."""
+    import asyncio
+
+    url = settings.resolved_database_url()
+    if create:
+        if url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrate.upgrade(url)
+        return
+    if asyncio.run(migrate.pending(url)):
+        raise migrate.SchemaBehind(
+            "the database schema is behind this version of OpenPSE; run `openpse migrate` "
+            "(with the same --database-url) and start again"
+        )
+
+
+def build_app(settings: Settings, *, services: Services | None = None) -> Runtime:
+    configure_logging(settings.log_level, settings.log_file)
+    svc = services or build_services(settings)
+    redis_client = None
+    nonces: NonceStore
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        redis_client = aioredis.from_url(settings.redis_url)
+        nonces = RedisNonceStore(redis_client)
+    else:
+        nonces = DatabaseNonceStore(svc.db)
+    pipeline = PipelineConfig(
+        authenticator=Authenticator(
+            svc.db, svc.secrets, nonces, window_s=settings.timestamp_window_s,
+        ),
+        rate_limiter=make_rate_limiter(redis_client),
+        idempotency=IdempotencyStore(svc.db, lock_timeout_s=IDEMPOTENCY_LOCK_TIMEOUT_S),
+        request_log=RequestLogWriter(svc.db),
+        max_body_bytes=settings.max_body_bytes,
+        default_rate_per_s=settings.rate_limit,
+        trusted_proxies=settings.trusted_proxy_networks(),
+    )
+    extra_routers, startup, shutdown = _features(svc)
+    asgi, fastapi_app = create_app(
+        svc, pipeline, extra_routers=extra_routers, on_startup=startup, on_shutdown=shutdown
+    )
+    return Runtime(services=svc, asgi=asgi, fastapi=fastapi_app, redis=redis_client)
+
+
+def _features(svc: Services) -> tuple[list[Any], list[Any], list[Any]]:
+    """Routers and background tasks of the capabilities present in this build."""
+    import os
+
+    from openpse.worker import build_worker
+
+    routers: list[Any] = []
+    startup: list[Any] = []
+    shutdown: list[Any] = []
+    try:
+        from openpse.api.routes import registry
+    except ImportError:
+        pass
+    else:
+        routers.extend(registry.ROUTERS)
+    if os.environ.get("OPENPSE_RUN_WORKER") == "1":
+        worker = build_worker(svc)
+        tasks: list[Any] = []
+
+        async def _start() -> None:
+            import asyncio
+
+            tasks.append(asyncio.get_running_loop().create_task(worker.run()))
+
+        async def _stop() -> None:
+            worker.stop()
+            for t in tasks:
+                await t
+
+        startup.append(_start)
+        shutdown.append(_stop)
+    shutdown.append(svc.db.dispose)
+    return routers, startup, shutdown
+
+
+def encode_key(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()

@@ -1,0 +1,63 @@
+"""What may be written to logs: card numbers, CVCs and secrets are masked before anything leaves.
+
+``redact(obj)`` walks JSON-like data: values under sensitive keys are replaced, and any run of
+13-19 digits that passes the Luhn check is masked wherever it appears (free-text fields too).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["mask_pans", "redact", "redact_text"]
+
+SENSITIVE_KEYS = frozenset({
+    "number", "cvc", "cvv", "secret", "password", "iban", "account_number", "token_secret",
+    "card_number", "tax_id",
+})
+MASK = "[REDACTED]"
+MAX_DEPTH = 32
+_DIGIT_RUN = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_SECRET_RE = re.compile(r"\b(sk_(?:test|live)_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+)")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def mask_pans(text: str) -> str:
+    def _sub(m: re.Match[str]) -> str:
+        digits = re.sub(r"[ -]", "", m.group(0))
+        if 13 <= len(digits) <= 19 and _luhn(digits):
+            return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+        return m.group(0)
+
+    return _DIGIT_RUN.sub(_sub, text)
+
+
+def redact_text(text: str) -> str:
+    return _SECRET_RE.sub(MASK, mask_pans(text))
+
+
+def redact(obj: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        return MASK
+    if isinstance(obj, dict):
+        return {
+            k: (MASK if isinstance(k, str) and k.lower() in SENSITIVE_KEYS and v is not None
+                else redact(v, depth + 1))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact(v, depth + 1) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj)
+    return obj

@@ -1,0 +1,46 @@
+"""What every use case needs, handed in by the composition root (``openpse.bootstrap``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from openpse.config import Settings
+from openpse.crypto import Fingerprinter, SecretBox
+from openpse.storage.db import Database
+
+__all__ = ["Caller", "Services"]
+
+
+@dataclass
+class Services:
+    """The long-lived collaborators of the service layer."""
+
+    db: Database
+    settings: Settings
+    secrets: SecretBox
+    fingerprints: Fingerprinter
+    connectors: dict[str, Any] = field(default_factory=dict)
+
+    def now(self) -> int:
+        return int(time.time())
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a merchant in one mode, and the request that carries the ask."""
+
+    merchant_id: str
+    livemode: bool
+    request_id: str | None = None
+    idempotency_key: str | None = None
+    access_key_id: str | None = None
+    # The idempotency row of this request, and what an earlier, crashed attempt created.
+    idempotency_record_id: int | None = None
+    resume_resource_id: str | None = None
+
+    def request_ref(self) -> dict[str, Any] | None:
+        if self.request_id is None:
+            return None
+        return {"id": self.request_id, "idempotency_key": self.idempotency_key}

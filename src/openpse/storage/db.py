@@ -1,0 +1,113 @@
+"""Database access: engines, the unit of work, and the backend differences in one place.
+
+PostgreSQL: one async engine (asyncpg); concurrency is handled by row locks
+(``SELECT ... FOR UPDATE``) and unique constraints.
+
+SQLite: WAL, ``synchronous=FULL`` (durable), and exactly one writer per process: write
+transactions queue on an ``asyncio.Lock`` and open with ``BEGIN IMMEDIATE``, so two writers in
+different processes wait for each other (``busy_timeout``) instead of failing half-way.
+Reads use a separate small pool and never block on the writer (WAL readers see the last commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+__all__ = ["Database", "Tx"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_POOL_SIZE = 10
+PG_POOL_OVERFLOW = 10
+PG_STATEMENT_TIMEOUT_MS = 30_000
+
+Tx = AsyncConnection
+
+
+class Database:
+    """Owns the engines. ``transaction()`` is the unit of work: commit on success, else roll back."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.dialect = make_url(url).get_backend_name()
+        self.is_sqlite = self.dialect == "sqlite"
+        self._write_lock = asyncio.Lock()
+        if self.is_sqlite:
+            self.engine = create_async_engine(url, echo=echo, poolclass=NullPool)
+            self.read_engine = create_async_engine(url, echo=echo, poolclass=NullPool)
+            _configure_sqlite(self.engine, immediate=True)
+            _configure_sqlite(self.read_engine, immediate=False)
+            # NullPool opens a connection per unit of work: cheap for SQLite and it means no
+            # connection outlives the event loop that made it (tests run several loops).
+        else:
+            self.engine = create_async_engine(
+                url,
+                echo=echo,
+                pool_size=PG_POOL_SIZE,
+                max_overflow=PG_POOL_OVERFLOW,
+                pool_pre_ping=True,
+                connect_args={
+                    "server_settings": {
+                        "statement_timeout": str(PG_STATEMENT_TIMEOUT_MS),
+                        "timezone": "UTC",
+                    }
+                },
+            )
+            self.read_engine = self.engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. Everything done on the yielded connection commits together."""
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only snapshot (never blocks behind the SQLite writer)."""
+        async with self.read_engine.connect() as conn:
+            yield conn
+
+    def for_update(self) -> dict[str, Any]:
+        """Keyword arguments for ``select().with_for_update`` where the backend has row locks."""
+        return {} if self.is_sqlite else {"nowait": False}
+
+    async def ping(self) -> bool:
+        try:
+            async with self.read() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

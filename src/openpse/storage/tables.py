@@ -1,0 +1,336 @@
+"""The schema: one SQLAlchemy Core ``MetaData`` for SQLite and PostgreSQL alike.
+
+Conventions:
+- every time is an integer count of seconds since the Unix epoch (UTC by construction, no
+  time-zone ambiguity on either backend); request logs keep milliseconds where latency matters;
+- money is ``BigInteger`` minor units beside a ``String(3)`` ISO 4217 code;
+- ids are prefixed, time-ordered strings (``openpse.domain.ids``), so ``ORDER BY id`` is
+  creation order and cursor pagination is a simple ``id < cursor``;
+- resources carry ``version`` (starts at 1, +1 per change).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["metadata"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = 64
+
+
+def _stamps() -> list[Column]:
+    return [
+        Column("created", BigInteger, nullable=False),
+        Column("updated", BigInteger, nullable=False),
+        Column("version", Integer, nullable=False, server_default="1"),
+    ]
+
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("email", String(320)),
+    # KYC: pending_review -> active | rejected; active -> suspended. Live keys need "active".
+    Column("status", String(32), nullable=False),
+    Column("pricing", JSON),  # per-merchant fee plan override; null = the default plan
+    Column("sandbox_clock_offset_s", BigInteger, nullable=False, server_default="0"),
+    *_stamps(),
+)
+
+access_keys = Table(
+    "access_keys",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("merchant_id", String(ID), ForeignKey("merchants.id"), nullable=False, index=True),
+    Column("livemode", Boolean, nullable=False),
+    Column("secret_enc", Text, nullable=False),  # AES-GCM under the master key, never clear
+    Column("secret_hint", String(16), nullable=False),  # last 4 characters, for display
+    Column("status", String(16), nullable=False),  # active | revoked
+    Column("expires_at", BigInteger),  # set when rotated: valid until then
+    Column("replaced_by", String(ID)),
+    Column("ip_allowlist", JSON, nullable=False),  # list of CIDR strings; empty = any
+    Column("rate_limit_per_s", Integer),  # null = server default
+    Column("description", String(200)),
+    Column("last_used_at", BigInteger),
+    Column("revoked_at", BigInteger),
+    *_stamps(),
+)
+
+# Nonces seen per key inside the timestamp window: a replay store shared by all processes.
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("access_key_id", String(ID), primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("merchant_id", String(ID), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", String(2048), nullable=False),
+    Column("status", String(16), nullable=False),  # in_progress | completed
+    Column("locked_at", BigInteger),  # while in progress; a stale lock may be taken over
+    Column("resource_id", String(ID)),  # recovery point: what the first attempt created
+    Column("response_status", Integer),
+    Column("response_headers", JSON),
+    Column("response_body", LargeBinary),
+    Column("created", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    UniqueConstraint("merchant_id", "livemode", "key", name="uq_idempotency_scope"),
+)
+
+request_logs = Table(
+    "request_logs",
+    metadata,
+    Column("id", String(ID), primary_key=True),  # the req_ id
+    Column("merchant_id", String(ID)),
+    Column("livemode", Boolean),
+    Column("access_key_id", String(ID)),
+    Column("method", String(8), nullable=False),
+    Column("path", String(2048), nullable=False),
+    Column("query", Text),
+    Column("status", Integer, nullable=False),
+    Column("error_code", String(64)),
+    Column("duration_ms", Integer, nullable=False),
+    Column("client_ip", String(64)),
+    Column("idempotency_key", String(255)),
+    Column("request_body", Text),  # redacted: no card number, no CVC, no secret
+    Column("response_body", Text),  # redacted likewise, capped
+    Column("created", BigInteger, nullable=False),
+    Index("ix_request_logs_merchant_created", "merchant_id", "livemode", "id"),
+)
+
+payment_methods = Table(
+    "payment_methods",
+    metadata,
+    Column("id", String(ID), primary_key=True),  # pm_
+    Column("merchant_id", String(ID), nullable=False, index=True),
+    Column("livemode", Boolean, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("brand", String(16), nullable=False),
+    Column("last4", String(4), nullable=False),
+    Column("bin6", String(6), nullable=False),
+    Column("exp_month", Integer, nullable=False),
+    Column("exp_year", Integer, nullable=False),
+    Column("country", String(2)),
+    Column("holder_name", String(200)),
+    Column("fingerprint", String(64), nullable=False, index=True),  # keyed HMAC, not a hash
+    Column("number_enc", Text, nullable=False),  # the vault: AES-GCM, key-versioned
+    Column("created", BigInteger, nullable=False),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("merchant_id", String(ID), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount_capturable", BigInteger, nullable=False, server_default="0"),
+    Column("amount_received", BigInteger, nullable=False, server_default="0"),
+    Column("amount_refunded", BigInteger, nullable=False, server_default="0"),
+    Column("fee", BigInteger, nullable=False, server_default="0"),
+    Column("capture_method", String(16), nullable=False),
+    Column("merchant_order_id", String(255)),
+    Column("description", String(1000)),
+    Column("customer", JSON),
+    Column("billing_address", JSON),
+    Column("device", JSON),
+    Column("return_url", String(2048)),
+    Column("metadata", JSON, nullable=False),
+    Column("payment_method_type", String(32)),
+    Column("payment_method", JSON),  # the safe view: brand, last4, expiry, fingerprint, country, token
+    Column("payment_method_id", String(ID)),  # pm_ in the vault
+    Column("failure_code", String(64)),
+    Column("failure_message", String(500)),
+    Column("cancellation_reason", String(32)),
+    Column("next_action", JSON),
+    Column("expires_at", BigInteger),
+    Column("connector", String(32)),
+    Column("connector_reference", String(128)),
+    Column("checkout_session_id", String(ID)),
+    Column("captured_at", BigInteger),
+    Column("canceled_at", BigInteger),
+    *_stamps(),
+    Index("ix_payments_scope_id", "merchant_id", "livemode", "id"),
+    Index("ix_payments_scope_order", "merchant_id", "livemode", "merchant_order_id"),
+    Index("ix_payments_status_expires", "status", "expires_at"),
+)
+
+# Every call to an acquirer, persisted before the call is made (status "pending"), so a crash
+# between the call and the commit of its outcome is found and resolved by ``sync``.
+payment_attempts = Table(
+    "payment_attempts",
+    metadata,
+    Column("id", String(ID), primary_key=True),  # att_: also the reference the acquirer sees
+    Column("payment_id", String(ID), nullable=False, index=True),
+    Column("refund_id", String(ID)),
+    Column("operation", String(16), nullable=False),  # authorize|capture|void|refund
+    Column("connector", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),  # pending|succeeded|failed|action_required
+    Column("connector_reference", String(128)),
+    Column("error_code", String(64)),
+    Column("raw", JSON),
+    Column("created", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    Index("ix_attempts_status_created", "status", "created"),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("merchant_id", String(ID), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("payment_id", String(ID), ForeignKey("payments.id"), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(32)),
+    Column("metadata", JSON, nullable=False),
+    Column("failure_code", String(64)),
+    Column("failure_message", String(500)),
+    Column("destination", JSON),  # bank details for methods without a card network
+    *_stamps(),
+    Index("ix_refunds_scope_id", "merchant_id", "livemode", "id"),
+)
+
+checkout_sessions = Table(
+    "checkout_sessions",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("merchant_id", String(ID), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),  # open|complete|expired
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("merchant_order_id", String(255)),
+    Column("payment_method_types", JSON, nullable=False),
+    Column("success_url", String(2048), nullable=False),
+    Column("cancel_url", String(2048), nullable=False),
+    Column("locale", String(16)),
+    Column("customer", JSON),
+    Column("metadata", JSON, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("payment_id", String(ID)),
+    Column("completed_at", BigInteger),
+    Column("page_token", String(64), nullable=False),  # unguessable part of the hosted URL
+    *_stamps(),
+    Index("ix_checkout_scope_id", "merchant_id", "livemode", "id"),
+    Index("ix_checkout_status_expires", "status", "expires_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("merchant_id", String(ID), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("object_id", String(ID), nullable=False),
+    Column("payload", Text, nullable=False),  # the full event JSON, exactly as delivered
+    Column("created", BigInteger, nullable=False),
+    Index("ix_events_scope_id", "merchant_id", "livemode", "id"),
+    Index("ix_events_object", "object_id"),
+)
+
+# Double-entry ledger. An account belongs to (merchant or platform, mode, currency, kind).
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("merchant_id", String(ID)),  # null for platform accounts
+    Column("livemode", Boolean, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("kind", String(48), nullable=False),
+    Column("balance", BigInteger, nullable=False, server_default="0"),  # debits minus credits
+    Column("created", BigInteger, nullable=False),
+    UniqueConstraint("merchant_id", "livemode", "currency", "kind", name="uq_ledger_account"),
+)
+
+journals = Table(
+    "journals",
+    metadata,
+    Column("id", String(ID), primary_key=True),  # jnl_
+    Column("merchant_id", String(ID)),
+    Column("livemode", Boolean, nullable=False),
+    Column("kind", String(48), nullable=False),  # authorization, capture, release, refund, fee ...
+    Column("reference_id", String(ID), nullable=False),  # the payment, refund ... that caused it
+    Column("created", BigInteger, nullable=False),
+    Index("ix_journals_reference", "reference_id"),
+)
+
+postings = Table(
+    "postings",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("journal_id", String(ID), ForeignKey("journals.id"), nullable=False, index=True),
+    Column("account_id", BigInteger, ForeignKey("ledger_accounts.id"), nullable=False, index=True),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # > 0 debit, < 0 credit
+)
+
+# Things a person must look at: a late acquirer answer for a payment already final, a voucher
+# paid after it expired, a reconciliation mismatch.
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("merchant_id", String(ID)),
+    Column("livemode", Boolean, nullable=False),
+    Column("object_id", String(ID), nullable=False, index=True),
+    Column("kind", String(64), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # open|resolved
+    Column("created", BigInteger, nullable=False),
+)
+
+# The sandbox acquirer's own books: it is another system, so it keeps its own table and is
+# idempotent by the reference we send (the attempt id). Lets tests count real "charges".
+simulator_operations = Table(
+    "simulator_operations",
+    metadata,
+    Column("reference", String(ID), primary_key=True),
+    Column("operation", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("result", JSON, nullable=False),
+    Column("created", BigInteger, nullable=False),
+)
