@@ -138,3 +138,22 @@ def _features(svc: Services) -> tuple[list[Any], list[Any], list[Any]]:
 
 def encode_key(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+async def run_worker(settings: Settings) -> None:
+    """``openpse worker``: background jobs only, until SIGINT/SIGTERM."""
+    import asyncio
+    import signal
+
+    from openpse.worker import build_worker
+
+    configure_logging(settings.log_level, settings.log_file)
+    svc = build_services(settings)
+    w = build_worker(svc)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, w.stop)
+    try:
+        await w.run()
+    finally:
+        await svc.db.dispose()

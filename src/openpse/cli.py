@@ -93,14 +93,17 @@ def serve(
     os.environ["OPENPSE_RUN_WORKER"] = "0" if no_worker else "1"
     typer.echo(f"OpenPSE listening on http://{host}:{port} (database: "
                f"{_safe_url(settings.resolved_database_url())})", err=True)
+    # proxy_headers=False: the API pipeline alone decides whom to believe about the client's
+    # address (OPENPSE_TRUSTED_PROXIES); uvicorn's own default would trust any local peer.
     uvicorn.run("openpse.asgi:create", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=10,
+                proxy_headers=False)
 
 
 @app.command()
 def worker(database_url: DbOpt = None) -> None:
     """Background jobs only (webhook delivery, expiries, settlement, housekeeping)."""
-    from openpse.worker import run_worker
+    from openpse.bootstrap import run_worker
 
     settings = _settings(database_url)
     _prepare(settings)

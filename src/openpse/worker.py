@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete
 
-from openpse.config import Settings
-from openpse.logs import configure_logging, get_logger
+from openpse.logs import get_logger
 from openpse.services.context import Services
 from openpse.storage.tables import idempotency_keys, nonces, request_logs
 
-__all__ = ["Job", "Worker", "housekeeping_jobs", "run_worker"]
+__all__ = ["Job", "Worker", "build_worker", "housekeeping_jobs"]
 
 Job = Callable[[int], Awaitable[int]]
 HOUSEKEEPING_EVERY_S = 60
@@ -97,18 +95,3 @@ def feature_jobs(svc: Services) -> dict[str, Job]:
             continue
         jobs.update(module.jobs(svc))
     return jobs
-
-
-async def run_worker(settings: Settings) -> None:
-    from openpse.bootstrap import build_services
-
-    configure_logging(settings.log_level, settings.log_file)
-    svc = build_services(settings)
-    w = build_worker(svc)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, w.stop)
-    try:
-        await w.run()
-    finally:
-        await svc.db.dispose()

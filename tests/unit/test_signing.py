@@ -226,3 +226,20 @@ def test_canonical_query_is_idempotent_and_order_independent(
     assert canonical_query("&".join(reversed(raw.split("&")))) == canonical
     allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%=&")
     assert set(canonical) <= allowed
+
+
+_WIRE_TOKENS = [*"aZ09-._~+*%/ =&?#", "%2B", "%e6%b3%a8", "%41", "%zz", "注"]
+_WIRE_TEXT = st.lists(st.sampled_from(_WIRE_TOKENS), max_size=20).map("".join)
+
+
+@given(
+    st.sampled_from(["GET", "post", "DELETE"]),
+    _WIRE_TEXT,
+    st.binary(max_size=64),
+)
+def test_sdk_copy_signs_exactly_like_the_server(method: str, raw_query: str, body: bytes) -> None:
+    sdk_signing = pytest.importorskip("openpse_sdk._signing")
+    server_sts = string_to_sign(method, "/v1/payments", raw_query, TIMESTAMP, NONCE, body)
+    sdk_sts = sdk_signing.string_to_sign(method, "/v1/payments", raw_query, TIMESTAMP, NONCE, body)
+    assert sdk_sts == server_sts
+    assert sdk_signing.sign(SECRET, sdk_sts) == sign(SECRET, server_sts)

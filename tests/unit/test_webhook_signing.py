@@ -20,7 +20,9 @@ from openpse.webhooks.signing import (
     verify,
 )
 
-BODY = b'{"id":"evt_01","object":"event","type":"payment.succeeded","data":{"object":{"amount":2000}}}'
+BODY = (
+    b'{"id":"evt_01","object":"event","type":"payment.succeeded","data":{"object":{"amount":2000}}}'
+)
 MSG_ID = "evt_01jd5k7m3qz8x4c2v6b9n0p1r"
 
 
@@ -131,7 +133,10 @@ def test_verify_reads_header_names_case_insensitively() -> None:
         ({"webhook-timestamp": "-1"}, "whole Unix seconds"),
         ({"webhook-timestamp": "9" * 20}, "out of range"),
         ({"webhook-signature": "v2,AAAA v1,not-base64!"}, "no signature"),
-        ({"webhook-signature": " ".join(["v1,AAAA"] * (MAX_SIGNATURES_PER_HEADER + 1))}, "too many"),
+        (
+            {"webhook-signature": " ".join(["v1,AAAA"] * (MAX_SIGNATURES_PER_HEADER + 1))},
+            "too many",
+        ),
     ],
 )
 def test_verify_refuses_malformed_headers(change: dict[str, str], message: str) -> None:

@@ -39,6 +39,7 @@ _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _SIG_RE = re.compile(r"^[0-9a-f]{64}$")
 SECRET_CACHE_MAX = 10_000
 MS_TIMESTAMP_DIGITS = 13
+MAX_TIMESTAMP_DIGITS = 20  # int() of a longer digit run is slow or refused (4300-digit limit)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def _utc(ts: float) -> str:
 def parse_timestamp(value: str, now_s: float, window_s: int) -> int:
     """Whole Unix seconds inside ±window of server time; otherwise a message that says why."""
     server = f"server time is {int(now_s)} ({_utc(now_s)})"
-    if not value.isascii() or not value.isdigit():
+    if not value.isascii() or not value.isdigit() or len(value) > MAX_TIMESTAMP_DIGITS:
         hint = ""
         if re.match(r"^\d{4}-\d{2}-\d{2}", value):
             hint = " It looks like a formatted date; send Unix seconds in UTC instead."

@@ -253,11 +253,35 @@ def _classify(exc: httpx.HTTPError) -> str:
 # --- the sender ----------------------------------------------------------------------------------
 
 
+def _new_client(
+    ssl_context: ssl.SSLContext, timeout_s: float, max_connections: int
+) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=min(MAX_KEEPALIVE_CONNECTIONS, max_connections),
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+    # A policy with no allowed domain: no receiver's cookie is ever kept or sent on.
+    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(
+        transport=_PinnedTransport(ssl_context=ssl_context, limits=limits),
+        follow_redirects=False,
+        trust_env=False,
+        cookies=no_cookies,
+        timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
+        headers={"user-agent": USER_AGENT, "accept-encoding": "identity"},
+    )
+
+
 class WebhookSender:
-    """Sends delivery attempts; owns one pooled HTTP client. ``close()`` when done.
+    """Sends delivery attempts over pooled connections. ``close()`` when done.
 
     ``timeout_s`` bounds each whole attempt. ``resolver`` and ``ssl_context`` exist for tests
     (a fake DNS, a private CA); production uses the system resolver and the certifi CAs.
+
+    Sends that may reach loopback (sandbox with ``allow_local``) get a client, and so a pool, of
+    their own: a kept-alive connection vetted under the looser rule can then never carry a
+    delivery that was vetted under the strict one.
     """
 
     def __init__(
@@ -272,24 +296,11 @@ class WebhookSender:
             raise ValueError(f"timeout_s must be in (0, {DELIVERY_TIMEOUT_S}]")
         self._timeout_s = timeout_s
         self._resolver = resolver
-        limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=min(MAX_KEEPALIVE_CONNECTIONS, max_connections),
-            keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        )
         context = ssl_context or httpx.create_ssl_context(trust_env=False)
-        # A policy with no allowed domain: no receiver's cookie is ever kept or sent on.
-        no_cookies = http.cookiejar.CookieJar(
-            http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-        )
-        self._client = httpx.AsyncClient(
-            transport=_PinnedTransport(ssl_context=context, limits=limits),
-            follow_redirects=False,
-            trust_env=False,
-            cookies=no_cookies,
-            timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
-            headers={"user-agent": USER_AGENT, "accept-encoding": "identity"},
-        )
+        self._clients = {
+            allow_loopback: _new_client(context, timeout_s, max_connections)
+            for allow_loopback in (False, True)
+        }
 
     async def send(
         self,
@@ -330,9 +341,10 @@ class WebhookSender:
             url, livemode=livemode, allow_local=allow_local, resolver=self._resolver
         )
         parsed = vetted.parsed
+        client = self._clients[allow_local and not livemode]
         token = _PIN.set(_Pin(parsed.host, parsed.port, vetted.addresses))
         try:
-            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            async with client.stream("POST", url, content=body, headers=headers) as response:
                 progress.status_code = response.status_code
                 if response.status_code in (429, 503):
                     progress.retry_after_s = parse_retry_after(response.headers.get("retry-after"))
@@ -348,7 +360,8 @@ class WebhookSender:
 
     async def close(self) -> None:
         """Close pooled connections."""
-        await self._client.aclose()
+        for client in self._clients.values():
+            await client.aclose()
 
     async def __aenter__(self) -> WebhookSender:
         return self

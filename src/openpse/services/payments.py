@@ -1,0 +1,643 @@
+"""Payment use cases: create, confirm, 3-D Secure, capture, cancel, and applying acquirer answers.
+
+Every flow that talks to an acquirer has the same three steps (after hyperswitch's core flows):
+
+1. one transaction: lock the payment, check the transition, persist the attempt (``pending``)
+   and move the payment to ``processing`` — so a crash after this point is visible;
+2. the connector call, with the attempt id as the acquirer's idempotency reference;
+3. one transaction: lock the payment again and apply the answer — status, amounts, ledger
+   journal and event together.
+
+A crash between 2 and 3 leaves ``processing`` + a pending attempt; a retry with the same
+Idempotency-Key, or the worker's ``sync`` job, asks the acquirer about that same reference
+and finishes the work exactly once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
+from openpse.domain import cards as card_rules
+from openpse.domain import ledger
+from openpse.domain.errors import CardDeclined, Conflict, InvalidRequest, NotFound
+from openpse.domain.ids import new_id
+from openpse.domain.money import parse_amount, parse_currency
+from openpse.domain.payments import (
+    CANCELLATION_REASONS,
+    EVENT_FOR_STATUS,
+    TERMINAL,
+    Amounts,
+    Status,
+    assert_transition,
+)
+from openpse.domain.risk import RISK_BLOCK_CODE, risk_blocks
+from openpse.services.context import Caller, Services
+from openpse.services.events import changed_fields, record_event
+from openpse.services.views import payment_view
+from openpse.storage.db import Tx
+from openpse.storage.ledger import post_journal
+from openpse.storage.repos import load_scoped, update_versioned
+from openpse.storage.tables import (
+    idempotency_keys,
+    merchants,
+    payment_attempts,
+    payment_methods,
+    payments,
+    review_items,
+)
+
+__all__ = [
+    "CardInput",
+    "cancel_payment",
+    "capture_payment",
+    "complete_3ds",
+    "confirm_payment",
+    "create_payment",
+    "get_payment",
+    "resolve_attempt",
+]
+
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LEN = 40
+MAX_METADATA_VALUE_LEN = 500
+DEFAULT_CONNECTOR = "simulator"
+
+
+@dataclass(frozen=True, repr=False)
+class CardInput:
+    """A raw card from a request: lives in memory for one request, never stored as is."""
+
+    number: Any
+    exp_month: Any
+    exp_year: Any
+    cvc: Any
+    holder_name: str | None = None
+
+    def __repr__(self) -> str:
+        return "CardInput(<redacted>)"
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+def validate_metadata(md: Any, param: str = "metadata") -> dict[str, str]:
+    if md is None:
+        return {}
+    if not isinstance(md, dict):
+        raise InvalidRequest("metadata must be an object of string keys and values", param=param)
+    if len(md) > MAX_METADATA_KEYS:
+        raise InvalidRequest(f"metadata takes at most {MAX_METADATA_KEYS} keys, got {len(md)}",
+                             param=param)
+    for k, v in md.items():
+        if not isinstance(k, str) or not 1 <= len(k) <= MAX_METADATA_KEY_LEN:
+            raise InvalidRequest(f"metadata keys must be 1-{MAX_METADATA_KEY_LEN} characters",
+                                 param=f"{param}[{k}]")
+        if not isinstance(v, str) or len(v) > MAX_METADATA_VALUE_LEN:
+            raise InvalidRequest(
+                f"metadata values must be strings of at most {MAX_METADATA_VALUE_LEN} characters",
+                param=f"{param}[{k}]")
+    return dict(md)
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+# ---- vault --------------------------------------------------------------------------------
+
+async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput) -> dict[str, Any]:
+    """Validate and store a card; returns the safe view. The number is encrypted; no CVC."""
+    details = card_rules.validate_card(card.number, card.exp_month, card.exp_year, card.cvc,
+                                       today=_today())
+    pm_id = new_id("pm_")
+    fingerprint = svc.fingerprints.fingerprint(details.number)
+    country = card_rules.card_country(details.number)
+    await tx.execute(insert(payment_methods).values(
+        id=pm_id, merchant_id=caller.merchant_id, livemode=caller.livemode, type="card",
+        brand=details.brand, last4=details.last4, bin6=details.bin6,
+        exp_month=details.exp_month, exp_year=details.exp_year, country=country,
+        holder_name=card.holder_name, fingerprint=fingerprint,
+        number_enc=svc.secrets.encrypt(details.number, context=f"pan:{pm_id}"),
+        created=svc.now()))
+    return _pm_view(pm_id, details.brand, details.last4, details.exp_month, details.exp_year,
+                    fingerprint, country)
+
+
+def _pm_view(pm_id: str, brand: str, last4: str, exp_month: int, exp_year: int,
+             fingerprint: str, country: str | None) -> dict[str, Any]:
+    return {"id": pm_id, "type": "card", "card": {
+        "brand": brand, "last4": last4, "exp_month": exp_month, "exp_year": exp_year,
+        "fingerprint": fingerprint, "country": country}}
+
+
+async def _token_card(tx: Tx, caller: Caller, token: str) -> dict[str, Any]:
+    row = (await tx.execute(select(payment_methods).where(
+        payment_methods.c.id == token, payment_methods.c.merchant_id == caller.merchant_id,
+        payment_methods.c.livemode == caller.livemode))).first()
+    if row is None:
+        raise NotFound(f"no such payment method token: {token!r}", code="resource_missing",
+                       param="payment_method[token]")
+    return _pm_view(row.id, row.brand, row.last4, row.exp_month, row.exp_year, row.fingerprint,
+                    row.country)
+
+
+async def _card_data(svc: Services, tx: Tx, pm_id: str, cvc: str | None) -> CardData:
+    row = (await tx.execute(select(payment_methods).where(payment_methods.c.id == pm_id))).first()
+    if row is None:
+        raise RuntimeError(f"payment method {pm_id} vanished")
+    number = svc.secrets.decrypt(row.number_enc, context=f"pan:{pm_id}")
+    return CardData(number, row.exp_month, row.exp_year, cvc, row.holder_name)
+
+
+async def _resolve_payment_method(
+    svc: Services, tx: Tx, caller: Caller, pm: dict[str, Any] | None, card: CardInput | None,
+) -> dict[str, Any] | None:
+    if pm is None:
+        return None
+    kind = pm.get("type")
+    if kind != "card":
+        raise InvalidRequest(
+            f"payment method type {kind!r} is not available on this server yet; use card",
+            code="payment_method_unavailable", param="payment_method[type]")
+    if pm.get("token"):
+        if card is not None:
+            raise InvalidRequest("send either payment_method[card] or payment_method[token]",
+                                 param="payment_method[token]")
+        return await _token_card(tx, caller, pm["token"])
+    if card is None:
+        raise InvalidRequest("payment_method[card] (or a pm_ token) is required for type card",
+                             code="parameter_missing", param="payment_method[card]")
+    return await vault_card(svc, tx, caller, card)
+
+
+# ---- create -------------------------------------------------------------------------------
+
+async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
+                         card: CardInput | None) -> tuple[dict[str, Any], int]:
+    """Create (and with ``confirm`` confirm) a payment. Returns (view, HTTP status hint)."""
+    if caller.resume_resource_id:  # a retry of a request whose first attempt crashed
+        return await _resume_create(svc, caller, caller.resume_resource_id, p, card)
+    currency = parse_currency(p["currency"])
+    amount = parse_amount(p["amount"], currency)
+    metadata = validate_metadata(p.get("metadata"))
+    capture_method = p.get("capture_method") or "automatic"
+    now = svc.now()
+    async with svc.db.transaction() as tx:
+        pm_view = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card)
+        row = {
+            "id": new_id("pay_"), "merchant_id": caller.merchant_id, "livemode": caller.livemode,
+            "status": Status.REQUIRES_CONFIRMATION if pm_view else Status.REQUIRES_PAYMENT_METHOD,
+            "amount": amount, "currency": currency, "amount_capturable": 0,
+            "amount_received": 0, "amount_refunded": 0, "fee": 0,
+            "capture_method": capture_method, "merchant_order_id": p.get("merchant_order_id"),
+            "description": p.get("description"), "customer": p.get("customer"),
+            "billing_address": p.get("billing_address"), "device": p.get("device"),
+            "return_url": p.get("return_url"), "metadata": metadata,
+            "payment_method_type": "card" if pm_view else None, "payment_method": pm_view,
+            "payment_method_id": pm_view["id"] if pm_view else None,
+            "failure_code": None, "failure_message": None, "cancellation_reason": None,
+            "next_action": None, "expires_at": None, "connector": None,
+            "connector_reference": None, "checkout_session_id": p.get("checkout_session_id"),
+            "captured_at": None, "canceled_at": None, "created": now, "updated": now,
+            "version": 1,
+        }
+        await tx.execute(insert(payments).values(**row))
+        await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
+                           livemode=caller.livemode, type="payment.created",
+                           obj=payment_view(row), previous=None, now=now)
+        await _recovery_point(tx, caller, row["id"])
+    if p.get("confirm"):
+        cvc = card.cvc if card and isinstance(card.cvc, str) else None
+        return await confirm_payment(svc, caller, row["id"], cvc=cvc), 201
+    return payment_view(row), 201
+
+
+async def _recovery_point(tx: Tx, caller: Caller, resource_id: str) -> None:
+    if caller.idempotency_record_id is not None:
+        await tx.execute(update(idempotency_keys)
+                         .where(idempotency_keys.c.id == caller.idempotency_record_id)
+                         .values(resource_id=resource_id))
+
+
+async def _resume_create(svc: Services, caller: Caller, payment_id: str, p: dict[str, Any],
+                         card: CardInput | None) -> tuple[dict[str, Any], int]:
+    row = await _load(svc, caller, payment_id)
+    if p.get("confirm") and row["status"] in (Status.REQUIRES_CONFIRMATION, Status.PROCESSING):
+        cvc = card.cvc if card and isinstance(card.cvc, str) else None
+        return await confirm_payment(svc, caller, payment_id, cvc=cvc), 201
+    _raise_if_declined(row)
+    return payment_view(row), 201
+
+
+async def _load(svc: Services, caller: Caller, payment_id: str) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        return await load_scoped(conn, payments, payment_id, merchant_id=caller.merchant_id,
+                                 livemode=caller.livemode, what="payment")
+
+
+async def get_payment(svc: Services, caller: Caller, payment_id: str) -> dict[str, Any]:
+    return payment_view(await _load(svc, caller, payment_id))
+
+
+# ---- state changes ------------------------------------------------------------------------
+
+async def change_status(
+    tx: Tx, caller: Caller | None, row: dict[str, Any], new_status: str, values: dict[str, Any],
+    *, now: int, action: str, event_type: str | None = "default",
+) -> dict[str, Any]:
+    """The one way a payment's status changes: check the table, write, emit the event."""
+    if new_status != row["status"]:
+        assert_transition(row["id"], row["status"], new_status, action=action)
+    before = payment_view(row)
+    new = await update_versioned(tx, payments, row, {**values, "status": new_status}, now=now)
+    Amounts(new["amount"], new["amount_capturable"], new["amount_received"],
+            new["amount_refunded"]).check()
+    etype = EVENT_FOR_STATUS.get(new_status) if event_type == "default" else event_type
+    if etype:
+        after = payment_view(new)
+        await record_event(tx, caller=caller, merchant_id=row["merchant_id"],
+                           livemode=bool(row["livemode"]), type=etype, obj=after,
+                           previous=changed_fields(before, after), now=now)
+    return new
+
+
+async def _lock(tx: Tx, caller: Caller, payment_id: str) -> dict[str, Any]:
+    return await load_scoped(tx, payments, payment_id, merchant_id=caller.merchant_id,
+                             livemode=caller.livemode, lock=True, what="payment")
+
+
+async def _new_attempt(tx: Tx, row: dict[str, Any], operation: str, amount: int, now: int,
+                       *, refund_id: str | None = None, raw: dict[str, Any] | None = None) -> str:
+    attempt_id = new_id("att_")
+    await tx.execute(insert(payment_attempts).values(
+        id=attempt_id, payment_id=row["id"], refund_id=refund_id, operation=operation,
+        connector=row["connector"] or DEFAULT_CONNECTOR, amount=amount,
+        currency=row["currency"], status="pending", raw=raw, created=now, updated=now))
+    return attempt_id
+
+
+async def _pending_attempt(tx: Tx, payment_id: str, operations: tuple[str, ...]) -> Any:
+    return (await tx.execute(select(payment_attempts).where(
+        payment_attempts.c.payment_id == payment_id,
+        payment_attempts.c.operation.in_(operations),
+        payment_attempts.c.status == "pending").order_by(payment_attempts.c.id.desc()))).first()
+
+
+def _raise_if_declined(row: dict[str, Any]) -> None:
+    if row["status"] == Status.FAILED and row["failure_code"]:
+        raise CardDeclined(row["failure_message"] or "the card was declined",
+                           code=row["failure_code"], extra={"payment": payment_view(row)})
+
+
+async def _pricing(tx: Tx, merchant_id: str) -> dict[str, Any] | None:
+    row = (await tx.execute(select(merchants.c.pricing).where(merchants.c.id == merchant_id)))
+    first = row.first()
+    return first.pricing if first else None
+
+
+# ---- confirm ------------------------------------------------------------------------------
+
+async def confirm_payment(
+    svc: Services, caller: Caller, payment_id: str, *, cvc: str | None = None,
+    payment_method: dict[str, Any] | None = None, card: CardInput | None = None,
+    return_url: str | None = None,
+) -> dict[str, Any]:
+    now = svc.now()
+    async with svc.db.transaction() as tx:
+        row = await _lock(tx, caller, payment_id)
+        pending = await _pending_attempt(tx, payment_id, ("authorize",))
+        if row["status"] == Status.PROCESSING and pending is not None:
+            attempt_id, three_ds = pending.id, (pending.raw or {}).get("three_ds")
+        else:
+            row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url,
+                                         now)
+            if row["status"] == Status.FAILED:  # blocked by risk: no acquirer call
+                attempt_id = ""
+            else:
+                three_ds = None
+                attempt_id = await _new_attempt(tx, row, "authorize", row["amount"], now)
+                row = await change_status(tx, caller, row, Status.PROCESSING,
+                                          {"connector": DEFAULT_CONNECTOR}, now=now,
+                                          action="confirm")
+        if card is not None and isinstance(card.cvc, str):
+            cvc = card.cvc
+    if not attempt_id:
+        _raise_if_declined(row)
+        return payment_view(row)
+    return await _authorize(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds)
+
+
+async def _prepare_confirm(
+    svc: Services, tx: Tx, caller: Caller, row: dict[str, Any],
+    payment_method: dict[str, Any] | None, card: CardInput | None, return_url: str | None,
+    now: int,
+) -> dict[str, Any]:
+    if row["status"] in TERMINAL or row["status"] not in (
+        Status.REQUIRES_CONFIRMATION, Status.REQUIRES_PAYMENT_METHOD
+    ):
+        assert_transition(row["id"], row["status"], Status.PROCESSING, action="confirm")
+    values: dict[str, Any] = {}
+    if payment_method is not None:
+        pm_view = await _resolve_payment_method(svc, tx, caller, payment_method, card)
+        assert pm_view is not None
+        values.update(payment_method=pm_view, payment_method_id=pm_view["id"],
+                      payment_method_type="card")
+    elif row["payment_method_id"] is None:
+        raise Conflict(f"payment {row['id']} has no payment method: confirm with "
+                       "payment_method", code="payment_invalid_state")
+    if return_url is not None:
+        values["return_url"] = return_url
+    if values:
+        row = await change_status(tx, caller, row, Status.REQUIRES_CONFIRMATION, values, now=now,
+                                  action="update", event_type=None)
+    pm = row["payment_method"] or {}
+    if risk_blocks(bin6=(await _bin6(tx, row["payment_method_id"])), fingerprint=pm.get("card", {})
+                   .get("fingerprint"), amount=row["amount"]):
+        row = await change_status(tx, caller, row, Status.FAILED, {
+            "failure_code": RISK_BLOCK_CODE,
+            "failure_message": "The payment was blocked as likely fraudulent by risk checks."},
+            now=now, action="confirm")
+    return row
+
+
+async def _bin6(tx: Tx, pm_id: str) -> str:
+    row = (await tx.execute(select(payment_methods.c.bin6, payment_methods.c.last4).where(
+        payment_methods.c.id == pm_id))).first()
+    return f"{row.bin6}:{row.last4}" if row else ""
+
+
+async def _authorize(svc: Services, caller: Caller | None, row: dict[str, Any], attempt_id: str,
+                     *, cvc: str | None, three_ds: str | None) -> dict[str, Any]:
+    connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
+    async with svc.db.read() as conn:
+        card = await _card_data(svc, conn, row["payment_method_id"], cvc)
+    req = AuthorizeRequest(reference=attempt_id, payment_id=row["id"], amount=row["amount"],
+                           currency=row["currency"], method="card",
+                           capture=row["capture_method"] == "automatic", card=card,
+                           three_ds=three_ds, return_url=row["return_url"])
+    try:
+        result = await connector.authorize(req)
+    except Exception as exc:  # no answer: leave it processing; sync resolves it
+        result = ConnectorResult(Outcome.PENDING, message=f"connector error: {type(exc).__name__}")
+    final = await apply_result(svc, caller, row["id"], attempt_id, "authorize", result,
+                               merchant_id=row["merchant_id"], livemode=bool(row["livemode"]))
+    _raise_if_declined(final)
+    return payment_view(final)
+
+
+# ---- applying acquirer answers -------------------------------------------------------------
+
+async def apply_result(
+    svc: Services, caller: Caller | None, payment_id: str, attempt_id: str, operation: str,
+    result: ConnectorResult, *, merchant_id: str, livemode: bool,
+) -> dict[str, Any]:
+    """Step 3 of every flow: apply one acquirer answer in one transaction."""
+    now = svc.now()
+    scope = Caller(merchant_id, livemode) if caller is None else caller
+    async with svc.db.transaction() as tx:
+        row = await _lock(tx, scope, payment_id)
+        attempt = (await tx.execute(select(payment_attempts).where(
+            payment_attempts.c.id == attempt_id))).first()
+        if attempt is None or attempt.status != "pending":
+            return row  # already applied (a retry raced us): nothing to do twice
+        await _finish_attempt(tx, attempt_id, result, now)
+        if result.outcome == Outcome.PENDING:
+            return row
+        if row["status"] != Status.PROCESSING:
+            await _review(tx, row, "late_acquirer_answer", {
+                "attempt": attempt_id, "operation": operation, "outcome": result.outcome,
+                "status_at_arrival": row["status"]}, now)
+            return row
+        handler = _APPLY[operation]
+        return await handler(tx, caller, row, result, attempt, now)
+
+
+async def _finish_attempt(tx: Tx, attempt_id: str, result: ConnectorResult, now: int) -> None:
+    status = {Outcome.PENDING: "pending", Outcome.REQUIRES_ACTION: "action_required",
+              Outcome.DECLINED: "failed", Outcome.ERROR: "failed",
+              Outcome.FAILED: "failed"}.get(result.outcome, "succeeded")
+    await tx.execute(update(payment_attempts).where(payment_attempts.c.id == attempt_id).values(
+        status=status, connector_reference=result.connector_reference,
+        error_code=result.decline_code, updated=now,
+        raw={"outcome": result.outcome, **(result.raw or {})}))
+
+
+async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any],
+                  now: int) -> None:
+    await tx.execute(insert(review_items).values(
+        id=new_id("rev_"), merchant_id=row["merchant_id"], livemode=row["livemode"],
+        object_id=row["id"], kind=kind, details=details, status="open", created=now))
+
+
+async def _apply_authorize(tx: Tx, caller: Caller | None, row: dict[str, Any],
+                           result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
+    m, cur, amt = row["merchant_id"], row["currency"], row["amount"]
+    ref = result.connector_reference
+    if result.outcome == Outcome.CAPTURED:
+        fee = ledger.fee_for(await _pricing(tx, m), "card", cur, amt)
+        await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
+                           reference_id=row["id"], entries=ledger.capture(m, cur, amt, fee,
+                                                                          held=False), now=now)
+        new = await change_status(tx, caller, row, Status.SUCCEEDED, {
+            "amount_received": amt, "amount_capturable": 0, "fee": fee,
+            "connector_reference": ref, "captured_at": now, "next_action": None}, now=now,
+            action="capture")
+    elif result.outcome == Outcome.AUTHORIZED:
+        await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]),
+                           kind="authorization", reference_id=row["id"],
+                           entries=ledger.authorization(m, cur, amt), now=now)
+        new = await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
+            "amount_capturable": amt, "connector_reference": ref, "next_action": None},
+            now=now, action="authorize")
+    elif result.outcome == Outcome.REQUIRES_ACTION:
+        url = f"{_public_base()}/sandbox/3ds/{row['id']}"
+        new = await change_status(tx, caller, row, Status.REQUIRES_ACTION, {
+            "connector_reference": ref,
+            "next_action": {"type": "redirect_to_url", "url": url,
+                            "return_url": row["return_url"]}}, now=now, action="authenticate")
+    else:  # declined, or an acquirer fault
+        new = await change_status(tx, caller, row, Status.FAILED, {
+            "failure_code": result.decline_code or "processing_error",
+            "failure_message": result.message or "The acquirer could not process the card.",
+            "connector_reference": ref, "next_action": None}, now=now, action="fail")
+    await _after_payment_change(tx, caller, new, now)
+    return new
+
+
+async def _apply_capture(tx: Tx, caller: Caller | None, row: dict[str, Any],
+                         result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
+    m, cur = row["merchant_id"], row["currency"]
+    if result.outcome != Outcome.CAPTURED:  # capture refused: the hold stays, capture again
+        return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
+            "failure_code": result.decline_code, "failure_message": result.message}, now=now,
+            action="capture", event_type="payment.capture_failed")
+    amount = int(attempt.amount)
+    held = row["amount_capturable"]
+    fee = ledger.fee_for(await _pricing(tx, m), "card", cur, amount)
+    entries = ledger.capture(m, cur, amount, fee, held=True)
+    if held > amount:
+        entries += ledger.release(m, cur, held - amount)
+    await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
+                       reference_id=row["id"], entries=entries, now=now)
+    new = await change_status(tx, caller, row, Status.SUCCEEDED, {
+        "amount_received": amount, "amount_capturable": 0, "fee": fee, "captured_at": now},
+        now=now, action="capture")
+    await _after_payment_change(tx, caller, new, now)
+    return new
+
+
+async def _apply_void(tx: Tx, caller: Caller | None, row: dict[str, Any],
+                      result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
+    m, cur = row["merchant_id"], row["currency"]
+    if result.outcome != Outcome.SUCCEEDED:
+        return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {}, now=now,
+                                   action="cancel", event_type=None)
+    if row["amount_capturable"]:
+        await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="release",
+                           reference_id=row["id"],
+                           entries=ledger.release(m, cur, row["amount_capturable"]), now=now)
+    reason = (attempt.raw or {}).get("cancellation_reason")
+    new = await change_status(tx, caller, row, Status.CANCELED, {
+        "amount_capturable": 0, "cancellation_reason": reason, "canceled_at": now,
+        "next_action": None}, now=now, action="cancel")
+    await _after_payment_change(tx, caller, new, now)
+    return new
+
+
+_APPLY = {"authorize": _apply_authorize, "capture": _apply_capture, "void": _apply_void}
+
+
+async def _after_payment_change(tx: Tx, caller: Caller | None, row: dict[str, Any],
+                                now: int) -> None:
+    """Hooks of other resources (a checkout session completes with its payment)."""
+    for hook in PAYMENT_HOOKS:
+        await hook(tx, caller, row, now)
+
+
+PAYMENT_HOOKS: list[Any] = []
+
+
+def _public_base() -> str:
+    return PUBLIC_BASE[0]
+
+
+PUBLIC_BASE = ["http://127.0.0.1:8000"]
+
+
+# ---- 3-D Secure, capture, cancel -----------------------------------------------------------
+
+async def complete_3ds(svc: Services, caller: Caller, payment_id: str, outcome: str
+                       ) -> dict[str, Any]:
+    if outcome not in ("succeed", "fail"):
+        raise InvalidRequest("outcome must be succeed or fail", param="outcome")
+    now = svc.now()
+    async with svc.db.transaction() as tx:
+        row = await _lock(tx, caller, payment_id)
+        if row["status"] != Status.REQUIRES_ACTION or (row["next_action"] or {}).get(
+                "type") != "redirect_to_url":
+            raise Conflict(f"payment {payment_id} is not waiting for 3-D Secure (it is "
+                           f"{row['status']})", code="payment_invalid_state")
+        three_ds = "succeeded" if outcome == "succeed" else "failed"
+        attempt_id = await _new_attempt(tx, row, "authorize", row["amount"], now,
+                                        raw={"three_ds": three_ds})
+        row = await change_status(tx, caller, row, Status.PROCESSING, {"next_action": None},
+                                  now=now, action="authenticate")
+    return await _authorize(svc, caller, row, attempt_id, cvc=None, three_ds=three_ds)
+
+
+async def capture_payment(svc: Services, caller: Caller, payment_id: str,
+                          amount: int | None = None) -> dict[str, Any]:
+    now = svc.now()
+    async with svc.db.transaction() as tx:
+        row = await _lock(tx, caller, payment_id)
+        pending = await _pending_attempt(tx, payment_id, ("capture",))
+        if row["status"] == Status.PROCESSING and pending is not None:  # resume after a crash
+            attempt_id = pending.id
+        else:
+            assert_transition(payment_id, row["status"], Status.SUCCEEDED, action="capture")
+            if row["status"] != Status.REQUIRES_CAPTURE:
+                raise Conflict(f"cannot capture payment {payment_id}: it is {row['status']}",
+                               code="payment_invalid_state")
+            amt = row["amount_capturable"] if amount is None else parse_amount(
+                amount, row["currency"])
+            if amt > row["amount_capturable"]:
+                raise InvalidRequest(
+                    f"amount {amt} is more than the {row['amount_capturable']} authorized",
+                    code="amount_too_large", param="amount")
+            attempt_id = await _new_attempt(tx, row, "capture", amt, now)
+            row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
+                                      action="capture", event_type=None)
+    return await _run_simple(svc, caller, row, attempt_id, "capture")
+
+
+async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
+                      attempt_id: str, operation: str) -> dict[str, Any]:
+    connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
+    async with svc.db.read() as conn:
+        attempt = (await conn.execute(select(payment_attempts).where(
+            payment_attempts.c.id == attempt_id))).first()
+    assert attempt is not None
+    try:
+        if operation == "capture":
+            result = await connector.capture(attempt_id, row["connector_reference"] or "",
+                                             int(attempt.amount), row["currency"])
+        else:
+            result = await connector.void(attempt_id, row["connector_reference"] or "")
+    except Exception as exc:
+        result = ConnectorResult(Outcome.PENDING, message=f"connector error: {type(exc).__name__}")
+    final = await apply_result(svc, caller, row["id"], attempt_id, operation, result,
+                               merchant_id=row["merchant_id"], livemode=bool(row["livemode"]))
+    return payment_view(final)
+
+
+async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
+                         reason: str | None = None) -> dict[str, Any]:
+    if reason is not None and reason not in CANCELLATION_REASONS:
+        raise InvalidRequest(f"cancellation_reason must be one of {', '.join(CANCELLATION_REASONS)}",
+                             param="cancellation_reason")
+    now = svc.now()
+    async with svc.db.transaction() as tx:
+        row = await _lock(tx, caller, payment_id)
+        assert_transition(payment_id, row["status"], Status.CANCELED, action="cancel")
+        if row["status"] != Status.REQUIRES_CAPTURE:  # nothing held at the acquirer
+            new = await change_status(tx, caller, row, Status.CANCELED, {
+                "cancellation_reason": reason, "canceled_at": now, "next_action": None},
+                now=now, action="cancel")
+            await _after_payment_change(tx, caller, new, now)
+            return payment_view(new)
+        attempt_id = await _new_attempt(tx, row, "void", 0, now,
+                                        raw={"cancellation_reason": reason})
+        row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
+                                  action="cancel", event_type=None)
+    return await _run_simple(svc, caller, row, attempt_id, "void")
+
+
+# ---- recovery -----------------------------------------------------------------------------
+
+async def resolve_attempt(svc: Services, attempt: Any) -> None:
+    """Finish an attempt left pending by a crash: ask the acquirer what happened to it."""
+    async with svc.db.read() as conn:
+        row = (await conn.execute(select(payments).where(
+            payments.c.id == attempt.payment_id))).first()
+    if row is None:
+        return
+    prow = dict(row._mapping)
+    connector = svc.connectors[attempt.connector]
+    result = await connector.sync(attempt.id)
+    if result is None and attempt.operation == "authorize":
+        # The call never reached the acquirer: make it now, with the same reference.
+        three_ds = (attempt.raw or {}).get("three_ds")
+        try:
+            await _authorize(svc, None, prow, attempt.id, cvc=None, three_ds=three_ds)
+        except CardDeclined:
+            pass
+        return
+    if result is None:
+        await _run_simple(svc, None, prow, attempt.id, attempt.operation)
+        return
+    await apply_result(svc, None, prow["id"], attempt.id, attempt.operation, result,
+                       merchant_id=prow["merchant_id"], livemode=bool(prow["livemode"]))
