@@ -37,6 +37,7 @@ def get_caller(request: Request, _key: str | None = Depends(_access_key)) -> Cal
         access_key_id=auth.access_key_id,
         idempotency_record_id=claim.record_id if claim else None,
         resume_resource_id=claim.resource_id if claim else None,
+        base_url=str(request.base_url).rstrip("/"),
     )
 
 

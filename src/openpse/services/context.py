@@ -26,6 +26,14 @@ class Services:
     def now(self) -> int:
         return int(time.time())
 
+    def public_url(self, caller: Caller | None, path: str) -> str:
+        base = self.settings.public_url or (caller.base_url if caller else None)
+        return (base or "http://127.0.0.1:8000").rstrip("/") + path
+
+    def page_token(self, object_id: str) -> str:
+        """An unguessable token for a shopper-facing page of ``object_id`` (hosted pages)."""
+        return self.fingerprints.fingerprint("page:" + object_id)
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -39,6 +47,9 @@ class Caller:
     # The idempotency row of this request, and what an earlier, crashed attempt created.
     idempotency_record_id: int | None = None
     resume_resource_id: str | None = None
+    # Where absolute URLs handed out in this request point (OPENPSE_PUBLIC_URL, else the
+    # request's own scheme and host).
+    base_url: str | None = None
 
     def request_ref(self) -> dict[str, Any] | None:
         if self.request_id is None:

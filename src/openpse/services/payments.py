@@ -413,7 +413,7 @@ async def apply_result(
                 "status_at_arrival": row["status"]}, now)
             return row
         handler = _APPLY[operation]
-        return await handler(tx, caller, row, result, attempt, now)
+        return await handler(svc, tx, caller, row, result, attempt, now)
 
 
 async def _finish_attempt(tx: Tx, attempt_id: str, result: ConnectorResult, now: int) -> None:
@@ -433,7 +433,7 @@ async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any
         object_id=row["id"], kind=kind, details=details, status="open", created=now))
 
 
-async def _apply_authorize(tx: Tx, caller: Caller | None, row: dict[str, Any],
+async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                            result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
     m, cur, amt = row["merchant_id"], row["currency"], row["amount"]
     ref = result.connector_reference
@@ -454,7 +454,7 @@ async def _apply_authorize(tx: Tx, caller: Caller | None, row: dict[str, Any],
             "amount_capturable": amt, "connector_reference": ref, "next_action": None},
             now=now, action="authorize")
     elif result.outcome == Outcome.REQUIRES_ACTION:
-        url = f"{_public_base()}/sandbox/3ds/{row['id']}"
+        url = svc.public_url(caller, f"/sandbox/3ds/{row['id']}?token={svc.page_token(row['id'])}")
         new = await change_status(tx, caller, row, Status.REQUIRES_ACTION, {
             "connector_reference": ref,
             "next_action": {"type": "redirect_to_url", "url": url,
@@ -468,7 +468,7 @@ async def _apply_authorize(tx: Tx, caller: Caller | None, row: dict[str, Any],
     return new
 
 
-async def _apply_capture(tx: Tx, caller: Caller | None, row: dict[str, Any],
+async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                          result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.CAPTURED:  # capture refused: the hold stays, capture again
@@ -490,7 +490,7 @@ async def _apply_capture(tx: Tx, caller: Caller | None, row: dict[str, Any],
     return new
 
 
-async def _apply_void(tx: Tx, caller: Caller | None, row: dict[str, Any],
+async def _apply_void(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                       result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.SUCCEEDED:
@@ -519,13 +519,6 @@ async def _after_payment_change(tx: Tx, caller: Caller | None, row: dict[str, An
 
 
 PAYMENT_HOOKS: list[Any] = []
-
-
-def _public_base() -> str:
-    return PUBLIC_BASE[0]
-
-
-PUBLIC_BASE = ["http://127.0.0.1:8000"]
 
 
 # ---- 3-D Secure, capture, cancel -----------------------------------------------------------
