@@ -22,7 +22,6 @@ from openpse.storage.request_log import RequestLogWriter
 
 __all__ = ["Runtime", "build_app", "build_services", "ensure_schema"]
 
-IDEMPOTENCY_LOCK_TIMEOUT_S = 30
 
 
 @dataclass
@@ -88,7 +87,7 @@ def build_app(settings: Settings, *, services: Services | None = None) -> Runtim
             svc.db, svc.secrets, nonces, window_s=settings.timestamp_window_s,
         ),
         rate_limiter=make_rate_limiter(redis_client),
-        idempotency=IdempotencyStore(svc.db, lock_timeout_s=IDEMPOTENCY_LOCK_TIMEOUT_S),
+        idempotency=IdempotencyStore(svc.db, lock_timeout_s=settings.idempotency_lock_timeout_s),
         request_log=RequestLogWriter(svc.db),
         max_body_bytes=settings.max_body_bytes,
         default_rate_per_s=settings.rate_limit,

@@ -249,6 +249,41 @@ def keys_revoke(merchant: Annotated[str, typer.Option(help="merchant id")],
     _print_key(_key_command("revoke_access_key", merchant, key, database_url))
 
 
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    database_url: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check every journal balances and all accounts sum to zero; exit 1 if anything is off."""
+    from openpse.bootstrap import build_services
+    from openpse.storage.ledger import VerifyReport, verify_ledger
+
+    settings = _settings(database_url)
+    _prepare(settings)
+
+    async def _go() -> VerifyReport:
+        svc = build_services(settings)
+        try:
+            async with svc.db.read() as conn:
+                return await verify_ledger(conn)
+        finally:
+            await svc.db.dispose()
+
+    report = _run(_go())
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+    else:
+        typer.echo(f"{report.journals} journals, {report.postings} postings, {report.accounts} "
+                   f"accounts: " + ("the ledger balances" if report.ok else "PROBLEMS FOUND"))
+        for problem in report.problems:
+            typer.echo("  - " + problem)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @app.command()
 def demo(
     data_dir: Annotated[Path | None, typer.Option(help="where the demo database goes "

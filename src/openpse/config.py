@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     # Keep the redacted request log this many days.
     request_log_retention_days: int = 30
+    # An Idempotency-Key whose request is still "in progress" after this long is taken to
+    # belong to a crashed process, and a retry takes it over and resumes the work.
+    idempotency_lock_timeout_s: int = 30
     # Worker poll interval when idle.
     worker_poll_interval_s: float = 0.5
 

@@ -213,34 +213,38 @@ async def _insert_key(
     return IssuedKey(key=key_view(row, now), secret=secret)
 
 
-async def _load_key(tx: Tx, merchant_id: str, key_id: str) -> dict[str, Any]:
-    row = (
-        await tx.execute(
-            select(access_keys).where(
-                access_keys.c.id == key_id, access_keys.c.merchant_id == merchant_id
-            )
-        )
-    ).first()
+async def _load_key(
+    tx: Tx, merchant_id: str, key_id: str, livemode: bool | None = None
+) -> dict[str, Any]:
+    """The merchant's key; with ``livemode`` only a key of that mode (a key in the other mode
+    answers like a missing one: nothing crosses modes)."""
+    stmt = select(access_keys).where(
+        access_keys.c.id == key_id, access_keys.c.merchant_id == merchant_id
+    )
+    if livemode is not None:
+        stmt = stmt.where(access_keys.c.livemode == livemode)
+    row = (await tx.execute(stmt)).first()
     if row is None:
         raise NotFound(f"no access key {key_id}", param="id")
     return row_dict(row)
 
 
-async def list_access_keys(svc: Services, merchant_id: str) -> list[dict[str, Any]]:
+async def list_access_keys(
+    svc: Services, merchant_id: str, *, livemode: bool | None = None
+) -> list[dict[str, Any]]:
+    """The merchant's keys, newest first; with ``livemode`` only the keys of that mode."""
+    stmt = select(access_keys).where(access_keys.c.merchant_id == merchant_id)
+    if livemode is not None:
+        stmt = stmt.where(access_keys.c.livemode == livemode)
     async with svc.db.read() as conn:
-        rows = (
-            await conn.execute(
-                select(access_keys)
-                .where(access_keys.c.merchant_id == merchant_id)
-                .order_by(access_keys.c.id.desc())
-            )
-        ).all()
+        rows = (await conn.execute(stmt.order_by(access_keys.c.id.desc()))).all()
     now = svc.now()
     return [key_view(row_dict(r), now) for r in rows]
 
 
 async def rotate_access_key(
-    svc: Services, merchant_id: str, key_id: str, *, overlap_s: int = 86400
+    svc: Services, merchant_id: str, key_id: str, *, overlap_s: int = 86400,
+    livemode: bool | None = None,
 ) -> IssuedKey:
     """Issue a successor; the old key stays valid for ``overlap_s`` seconds, then expires."""
     if not isinstance(overlap_s, int) or isinstance(overlap_s, bool) or not (
@@ -251,7 +255,7 @@ async def rotate_access_key(
             param="overlap_seconds",
         )
     async with svc.db.transaction() as tx:
-        old = await _load_key(tx, merchant_id, key_id)
+        old = await _load_key(tx, merchant_id, key_id, livemode)
         now = svc.now()
         if old["status"] != "active" or (old["expires_at"] is not None and old["expires_at"] <= now):
             raise Conflict(f"access key {key_id} is not active", code="key_not_active")
@@ -278,9 +282,11 @@ async def rotate_access_key(
     return issued
 
 
-async def revoke_access_key(svc: Services, merchant_id: str, key_id: str) -> dict[str, Any]:
+async def revoke_access_key(
+    svc: Services, merchant_id: str, key_id: str, *, livemode: bool | None = None
+) -> dict[str, Any]:
     async with svc.db.transaction() as tx:
-        await _load_key(tx, merchant_id, key_id)
+        await _load_key(tx, merchant_id, key_id, livemode)
         now = svc.now()
         await tx.execute(
             update(access_keys)
@@ -298,6 +304,7 @@ async def update_access_key(
     *,
     ip_allowlist: list[str] | None = None,
     description: str | None = None,
+    livemode: bool | None = None,
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if ip_allowlist is not None:
@@ -305,7 +312,7 @@ async def update_access_key(
     if description is not None:
         values["description"] = description
     async with svc.db.transaction() as tx:
-        await _load_key(tx, merchant_id, key_id)
+        await _load_key(tx, merchant_id, key_id, livemode)
         now = svc.now()
         if values:
             await tx.execute(

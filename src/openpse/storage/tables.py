@@ -334,3 +334,64 @@ simulator_operations = Table(
     Column("result", JSON, nullable=False),
     Column("created", BigInteger, nullable=False),
 )
+
+
+# --- Webhooks (issue 4): endpoints, the transactional outbox, the delivery log ------------------
+# A pending ``webhook_deliveries`` row is written in the same transaction as its event (the
+# outbox); workers claim due rows (``status``, ``next_attempt_at``) with a lease
+# (``locked_until``/``claimed_by``), send, and record each try in ``webhook_attempts``.
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(ID), primary_key=True),  # we_
+    Column("merchant_id", String(ID), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("url", String(2048), nullable=False),
+    Column("description", String(500)),
+    Column("enabled_events", JSON, nullable=False),  # ["*"] or a list of event types
+    Column("status", String(16), nullable=False),  # enabled | disabled
+    Column("disabled_reason", String(32)),  # requested | endpoint_gone | failing
+    # AES-GCM (SecretBox) of the JSON list [{"secret": "whsec_...", "expires_at": int|null}]:
+    # the current secret and, after a rotation, the previous ones until they expire.
+    Column("secrets_enc", Text, nullable=False),
+    Column("failing_since", BigInteger),  # first failed attempt after the last success
+    *_stamps(),
+    Index("ix_webhook_endpoints_scope_id", "merchant_id", "livemode", "id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(ID), primary_key=True),  # whd_
+    Column("event_id", String(ID), nullable=False),
+    Column("endpoint_id", String(ID), nullable=False),
+    Column("merchant_id", String(ID), nullable=False),
+    Column("livemode", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | succeeded | failed | canceled
+    Column("attempt_count", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("locked_until", BigInteger),  # a claim's lease: past it, another worker may take it
+    Column("claimed_by", String(64)),  # the claim token of the worker that holds the lease
+    Column("last_status_code", Integer),
+    Column("last_error", String(500)),
+    Column("created", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+    Index("ix_webhook_deliveries_event", "event_id"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("delivery_id", String(ID), nullable=False),
+    Column("endpoint_id", String(ID), nullable=False),
+    Column("attempted_at", BigInteger, nullable=False),
+    Column("status_code", Integer),
+    Column("latency_ms", Integer, nullable=False),
+    Column("error", String(500)),
+    Column("response_excerpt", Text),  # at most 1 KiB of the receiver's answer
+    Index("ix_webhook_attempts_delivery", "delivery_id", "id"),
+)

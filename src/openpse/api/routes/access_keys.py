@@ -1,4 +1,7 @@
-"""Access keys: a merchant manages its own keys (create, list, rotate with overlap, revoke)."""
+"""Access keys: a merchant manages its own keys (create, list, rotate with overlap, revoke).
+
+A key sees and manages only the keys of its own mode; ``mode`` on create is how a merchant
+whose KYC is approved gets its first live key."""
 
 from __future__ import annotations
 
@@ -29,13 +32,15 @@ async def create_key(body: AccessKeyCreate, caller: CallerDep, svc: ServicesDep)
 
 @router.get("", summary="List the merchant's access keys")
 async def list_keys(caller: CallerDep, svc: ServicesDep) -> Any:
-    keys = await svc_merchants.list_access_keys(svc, caller.merchant_id)
+    keys = await svc_merchants.list_access_keys(svc, caller.merchant_id,
+                                                livemode=caller.livemode)
     return {"object": "list", "data": keys, "has_more": False, "next_cursor": None}
 
 
 @router.get("/{key_id}", summary="Get an access key")
 async def get_key(key_id: str, caller: CallerDep, svc: ServicesDep) -> Any:
-    for key in await svc_merchants.list_access_keys(svc, caller.merchant_id):
+    for key in await svc_merchants.list_access_keys(svc, caller.merchant_id,
+                                                    livemode=caller.livemode):
         if key["id"] == key_id:
             return key
     from openpse.domain.errors import NotFound
@@ -48,7 +53,7 @@ async def update_key(key_id: str, body: AccessKeyUpdate, caller: CallerDep,
                      svc: ServicesDep) -> Any:
     return await svc_merchants.update_access_key(
         svc, caller.merchant_id, key_id, ip_allowlist=body.ip_allowlist,
-        description=body.description,
+        description=body.description, livemode=caller.livemode,
     )
 
 
@@ -57,11 +62,13 @@ async def update_key(key_id: str, body: AccessKeyUpdate, caller: CallerDep,
 async def rotate_key(key_id: str, body: AccessKeyRotate, caller: CallerDep,
                      svc: ServicesDep) -> Any:
     issued = await svc_merchants.rotate_access_key(
-        svc, caller.merchant_id, key_id, overlap_s=body.overlap_seconds
+        svc, caller.merchant_id, key_id, overlap_s=body.overlap_seconds,
+        livemode=caller.livemode,
     )
     return _with_secret(issued)
 
 
 @router.post("/{key_id}/revoke", summary="Revoke an access key at once")
 async def revoke_key(key_id: str, caller: CallerDep, svc: ServicesDep) -> Any:
-    return await svc_merchants.revoke_access_key(svc, caller.merchant_id, key_id)
+    return await svc_merchants.revoke_access_key(svc, caller.merchant_id, key_id,
+                                                 livemode=caller.livemode)
