@@ -88,7 +88,7 @@ def build_worker(svc: Services) -> Worker:
 def feature_jobs(svc: Services) -> dict[str, Job]:
     """Jobs of the capabilities in this build (webhook delivery, expiries ...)."""
     jobs: dict[str, Job] = {}
-    for module_name in ("openpse.services.jobs",):
+    for module_name in ("openpse.services.jobs", "openpse.services.webhook_delivery"):
         try:
             module = __import__(module_name, fromlist=["jobs"])
         except ImportError:

@@ -93,6 +93,10 @@ def create_app(
             resp = error_response(err, _rid(request))
             resp.status_code = 405
             return resp
+        elif exc.status_code == 400:  # the framework could not decode the body at all
+            err = e.InvalidRequest(
+                "the request body could not be parsed as JSON (it may be nested too deeply); "
+                "send a JSON object", code="invalid_json")
         else:
             err = e.InvalidRequest(str(exc.detail), code="http_error")
         return error_response(err, _rid(request))

@@ -13,6 +13,8 @@ from openpse.services.context import Caller, Services
 
 __all__ = ["CallerDep", "ListParams", "ListParamsDep", "ServicesDep"]
 
+MAX_UNIX_TIME_DIGITS = 12  # longer numbers overflow the database's 64-bit integers
+
 # Declared so the OpenAPI document shows the signing headers; the pipeline enforces them.
 _access_key = APIKeyHeader(name="X-PSE-Access-Key", auto_error=False,
                            description="Access key id; every /v1 request is HMAC-signed "
@@ -50,7 +52,7 @@ def _parse_time(value: str | None, param: str) -> int | None:
         return None
     from datetime import datetime
 
-    if value.isdigit():
+    if value.isascii() and value.isdigit() and len(value) <= MAX_UNIX_TIME_DIGITS:
         return int(value)
     try:
         if not value.endswith("Z"):

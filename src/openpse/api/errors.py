@@ -99,6 +99,12 @@ def validation_error(exc: RequestValidationError) -> e.InvalidRequest:
             "the request body is not valid JSON: " + str(first.get("ctx", {}).get("error", "")),
             code="invalid_json",
         )
+    if param is None:  # the body as a whole: absent, or not a JSON object
+        return e.InvalidRequest(
+            "the request body must be a JSON object (send {} when there is nothing to set), "
+            "with Content-Type: application/json",
+            code="parameter_missing" if kind == "missing" else "parameter_invalid",
+        )
     if kind == "missing":
         return e.InvalidRequest(f"{param} is required", code="parameter_missing", param=param)
     if kind == "extra_forbidden":

@@ -36,7 +36,14 @@ async def resolve_stuck_attempts(svc: Services, now_s: int) -> int:
 
 
 def jobs(svc: Services) -> dict[str, Any]:
+    # Imported here, before any job runs: it also registers the hook that completes a checkout
+    # session when a payment resolved by this worker succeeds.
+    from openpse.services.checkout import expire_due_sessions
+
     async def resolve(now_s: int) -> int:
         return await resolve_stuck_attempts(svc, now_s)
 
-    return {"resolve_attempts": resolve}
+    async def expire_sessions(now_s: int) -> int:
+        return await expire_due_sessions(svc, now_s)
+
+    return {"resolve_attempts": resolve, "expire_sessions": expire_sessions}

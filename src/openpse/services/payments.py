@@ -336,10 +336,12 @@ async def _prepare_confirm(
     payment_method: dict[str, Any] | None, card: CardInput | None, return_url: str | None,
     now: int,
 ) -> dict[str, Any]:
-    if row["status"] in TERMINAL or row["status"] not in (
-        Status.REQUIRES_CONFIRMATION, Status.REQUIRES_PAYMENT_METHOD
-    ):
-        assert_transition(row["id"], row["status"], Status.PROCESSING, action="confirm")
+    if row["status"] not in (Status.REQUIRES_CONFIRMATION, Status.REQUIRES_PAYMENT_METHOD):
+        # requires_action/requires_capture -> processing are legal edges (3-D Secure, capture,
+        # void), but confirming such a payment again would authorise it a second time.
+        raise Conflict(f"cannot confirm payment {row['id']}: it is {row['status']}"
+                       + (" (a final state)" if row["status"] in TERMINAL else ""),
+                       code="payment_invalid_state")
     values: dict[str, Any] = {}
     if payment_method is not None:
         pm_view = await _resolve_payment_method(svc, tx, caller, payment_method, card)

@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 __all__ = ["Database", "Tx"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_READERS = 4
+SQLITE_POOL_TIMEOUT_S = 60
 PG_POOL_SIZE = 10
 PG_POOL_OVERFLOW = 10
 PG_STATEMENT_TIMEOUT_MS = 30_000
@@ -40,12 +41,15 @@ class Database:
         self.is_sqlite = self.dialect == "sqlite"
         self._write_lock = asyncio.Lock()
         if self.is_sqlite:
-            self.engine = create_async_engine(url, echo=echo, poolclass=NullPool)
-            self.read_engine = create_async_engine(url, echo=echo, poolclass=NullPool)
+            # One long-lived writer connection (the single writer), a few readers. Opening a
+            # connection per unit of work costs a thread and the PRAGMAs each time.
+            self.engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0,
+                                              pool_timeout=SQLITE_POOL_TIMEOUT_S)
+            self.read_engine = create_async_engine(url, echo=echo, pool_size=SQLITE_READERS,
+                                                   max_overflow=0,
+                                                   pool_timeout=SQLITE_POOL_TIMEOUT_S)
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
-            # NullPool opens a connection per unit of work: cheap for SQLite and it means no
-            # connection outlives the event loop that made it (tests run several loops).
         else:
             self.engine = create_async_engine(
                 url,

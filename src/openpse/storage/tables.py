@@ -375,8 +375,7 @@ webhook_deliveries = Table(
     Column("claimed_by", String(64)),  # the claim token of the worker that holds the lease
     Column("last_status_code", Integer),
     Column("last_error", String(500)),
-    Column("created", BigInteger, nullable=False),
-    Column("updated", BigInteger, nullable=False),
+    *_stamps(),
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
     Index("ix_webhook_deliveries_event", "event_id"),
@@ -385,7 +384,8 @@ webhook_deliveries = Table(
 webhook_attempts = Table(
     "webhook_attempts",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
     Column("delivery_id", String(ID), nullable=False),
     Column("endpoint_id", String(ID), nullable=False),
     Column("attempted_at", BigInteger, nullable=False),

@@ -12,3 +12,14 @@ ROUTERS: list[Any] = [
     balance.router,
     test_helpers.router,
 ]
+
+# Webhook endpoints and events (issue 4).
+from openpse.api.routes import events, webhooks  # noqa: E402
+
+ROUTERS += [webhooks.router, events.router]
+
+# Checkout sessions and the hosted pages they point at (/pay, /sandbox/3ds: not under /v1).
+from openpse.api.routes import checkout  # noqa: E402
+from openpse.pages import views as pages  # noqa: E402
+
+ROUTERS += [checkout.router, pages.router]

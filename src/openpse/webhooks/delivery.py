@@ -1,0 +1,262 @@
+"""The delivery engine: claim due deliveries, send them concurrently, record what happened.
+
+``DeliveryRunner.run_once(now_s)`` is one step of a pipeline that keeps up to
+``max_in_flight`` attempts on the wire:
+
+1. record the attempts that finished since the last step (one transaction for all of them:
+   attempt rows, delivery states, endpoint health, endpoints to disable);
+2. claim as many due deliveries as there is room for (``outbox.claim_due``, with a lease);
+3. start an attempt for each (one shared ``WebhookSender``: pooled connections, SSRF check and
+   address pinning at send time, 15 s total timeout, capped read, no redirects);
+4. wait until half of what is in flight has finished, or ``linger_s``, and record that.
+
+Attempts still running when a step returns (a slow receiver) carry on and are recorded by a
+later step, so one slow endpoint never holds up the others. The body sent is the event's stored
+payload, byte for byte; ``webhook-id`` is the event id, so a re-send (a retry, a redelivery, a
+lease that ran out after a crash) carries the same id. ``webhook-timestamp`` is the wall clock
+at send time; ``now_s`` is the scheduling clock (retries, secret expiry, claims), which tests
+may move forward.
+
+A runner is one worker's state; any number of runners (processes) may share a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets as _secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from random import Random
+
+from openpse.crypto import DecryptionFailed, SecretBox
+from openpse.logs import get_logger
+from openpse.storage.db import Database, Tx
+from openpse.webhooks import metrics
+from openpse.webhooks.keyring import SecretEntry, active_secrets, open_keyring
+from openpse.webhooks.outbox import (
+    ClaimedDelivery,
+    Outcome,
+    claim_due,
+    queue_stats,
+    record_outcomes,
+)
+from openpse.webhooks.schedule import UniformRandom
+from openpse.webhooks.sender import DELIVERY_TIMEOUT_S, AttemptResult, WebhookSender
+from openpse.webhooks.signing import headers_for
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LEASE_S",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DeliveryOptions",
+    "DeliveryRunner",
+    "DisableHook",
+]
+
+DEFAULT_BATCH_SIZE = 200
+DEFAULT_MAX_IN_FLIGHT = 100
+# A claim outlives the longest attempt (15 s) plus the time to record it, with a wide margin: a
+# lease that ran out while its attempt was still running would send the delivery twice.
+DEFAULT_LEASE_S = 60
+DEFAULT_LINGER_S = 0.25
+QUEUE_GAUGES_EVERY_S = 5.0
+KEYRING_CACHE_ENTRIES = 1024
+MAX_ROUNDS_UNTIL_IDLE = 100_000
+
+DisableHook = Callable[[Tx, str, str, int], Awaitable[None]]
+"""``(tx, endpoint_id, reason, now_s)``: disable the endpoint and record its event, in ``tx``."""
+
+log = get_logger("openpse.webhooks")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    lease_s: int = DEFAULT_LEASE_S
+    linger_s: float = DEFAULT_LINGER_S
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 10_000:
+            raise ValueError("batch_size must be in [1, 10000]")
+        if not 1 <= self.max_in_flight <= 10_000:
+            raise ValueError("max_in_flight must be in [1, 10000]")
+        if not 2 <= self.lease_s <= 3600:
+            raise ValueError("lease_s must be in [2, 3600]")
+        if not 0 < self.linger_s <= 60:
+            raise ValueError("linger_s must be in (0, 60]")
+
+    @property
+    def attempt_timeout_s(self) -> float:
+        """At most the contract's 15 s, and well inside the lease (a short test lease)."""
+        return min(DELIVERY_TIMEOUT_S, self.lease_s / 2)
+
+
+class DeliveryRunner:
+    """One worker's delivery pipeline. ``close()`` when done (cancels what is in flight)."""
+
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        *,
+        allow_local: bool,
+        on_disable: DisableHook,
+        options: DeliveryOptions | None = None,
+        sender: WebhookSender | None = None,
+        rng: UniformRandom | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options or DeliveryOptions()
+        self._db = db
+        self._box = box
+        self._allow_local = allow_local
+        self._on_disable = on_disable
+        self._sender = sender
+        self._owns_sender = sender is None
+        self._rng: UniformRandom = rng or Random()  # jitter, not a secret
+        self._clock = clock
+        self._worker_id = _secrets.token_hex(8)
+        self._rounds = 0
+        self._tasks: set[asyncio.Task[Outcome]] = set()
+        self._finished: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._want = 0
+        self._keyrings: dict[tuple[str, str], list[SecretEntry]] = {}
+        self._gauges_due_s = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run_once(self, now_s: int) -> int:
+        """One pipeline step; returns deliveries claimed plus attempts recorded (0: idle)."""
+        work = await self._flush()
+        room = self.options.max_in_flight - len(self._tasks)
+        if room > 0:
+            claimed = await self._claim(now_s, min(room, self.options.batch_size))
+            for delivery in claimed:
+                self._spawn(delivery, now_s)
+            work += len(claimed)
+        if self._tasks:
+            await self._wait_for(max(1, len(self._tasks) // 2))
+            work += await self._flush()
+        await self._publish_queue(now_s)
+        return work
+
+    async def run_until_idle(self, now_s: int) -> int:
+        """Steps until nothing is due or in flight (tests, benchmarks); returns the work done."""
+        total = 0
+        for _ in range(MAX_ROUNDS_UNTIL_IDLE):
+            done = await self.run_once(now_s)
+            total += done
+            if done == 0 and not self._tasks and not self._finished:
+                return total
+        raise RuntimeError("delivery did not become idle")
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sender is not None and self._owns_sender:
+            await self._sender.close()
+            self._sender = None
+
+    # --- steps -----------------------------------------------------------------------------------
+
+    async def _claim(self, now_s: int, limit: int) -> list[ClaimedDelivery]:
+        self._rounds += 1
+        token = f"{self._worker_id}:{self._rounds}"
+        async with self._db.transaction() as tx:
+            return await claim_due(tx, now_s=now_s, limit=limit, lease_s=self.options.lease_s,
+                                   token=token)
+
+    def _spawn(self, delivery: ClaimedDelivery, now_s: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._attempt(delivery, now_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[Outcome]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug, not the receiver: the lease runs out and it is sent again
+            log.error("webhook attempt crashed", error=repr(exc))
+        else:
+            self._finished.append(task.result())
+        if len(self._finished) >= self._want or not self._tasks:
+            self._wake.set()
+
+    async def _wait_for(self, count: int) -> None:
+        if len(self._finished) >= count:
+            return
+        self._want = count
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.options.linger_s)
+
+    async def _attempt(self, delivery: ClaimedDelivery, now_s: int) -> Outcome:
+        if self._sender is None:
+            self._sender = WebhookSender(timeout_s=self.options.attempt_timeout_s)
+        try:
+            signing_secrets = active_secrets(self._keyring(delivery), now_s=now_s)
+        except DecryptionFailed:
+            result = AttemptResult(
+                ok=False, status_code=None, latency_ms=0, response_excerpt="",
+                retry_after_s=None, gone=False,
+                error="secret_unavailable: the endpoint's secret does not decrypt with the "
+                      "loaded master keys")
+            return Outcome(delivery, result, now_s)
+        body = delivery.payload.encode()
+        headers = headers_for(signing_secrets, delivery.event_id, int(self._clock()), body)
+        result = await self._sender.send(delivery.url, body, headers, livemode=delivery.livemode,
+                                         allow_local=self._allow_local)
+        return Outcome(delivery, result, now_s)
+
+    def _keyring(self, delivery: ClaimedDelivery) -> list[SecretEntry]:
+        key = (delivery.endpoint_id, delivery.secrets_enc)
+        entries = self._keyrings.get(key)
+        if entries is None:
+            if len(self._keyrings) >= KEYRING_CACHE_ENTRIES:
+                self._keyrings.clear()
+            entries = open_keyring(self._box, delivery.endpoint_id, delivery.secrets_enc)
+            self._keyrings[key] = entries
+        return entries
+
+    async def _flush(self) -> int:
+        """Record every finished attempt in one transaction."""
+        if not self._finished:
+            return 0
+        batch, self._finished = self._finished, []
+        async with self._db.transaction() as tx:
+            summary = await record_outcomes(tx, batch, rng=self._rng)
+            now_s = max(o.finished_at_s for o in batch)
+            for endpoint_id, reason in sorted(summary.disable.items()):
+                await self._on_disable(tx, endpoint_id, reason, now_s)
+        for label, count in summary.outcomes.items():
+            metrics.OUTCOMES.labels(label).inc(count)
+        for o in batch:
+            metrics.ATTEMPT_DURATION.observe(o.result.latency_ms / 1000)
+            if o.result.ok:
+                metrics.DELIVERY_LAG.observe(max(0, o.finished_at_s - o.delivery.created))
+        for endpoint_id, reason in summary.disable.items():
+            log.warning("webhook endpoint disabled", endpoint=endpoint_id, reason=reason)
+        return len(batch)
+
+    async def _publish_queue(self, now_s: int) -> None:
+        if time.monotonic() < self._gauges_due_s:
+            return
+        self._gauges_due_s = time.monotonic() + QUEUE_GAUGES_EVERY_S
+        try:
+            async with self._db.read() as conn:
+                snapshot = await queue_stats(conn, now_s=now_s,
+                                             limit=metrics.MAX_ENDPOINT_SERIES)
+        except Exception as exc:  # metrics never stop delivery
+            log.warning("webhook queue metrics unavailable", error=repr(exc))
+            return
+        metrics.publish_queue(snapshot, now_s=now_s)
