@@ -11,9 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from openpse.api.errors import JSON_CONTENT_TYPE, error_response, json_bytes, validation_error
+from openpse.api.errors import (
+    API_ERROR_RESPONSES,
+    JSON_CONTENT_TYPE,
+    error_response,
+    json_bytes,
+    validation_error,
+)
 from openpse.api.pipeline import Pipeline, PipelineConfig
 from openpse.api.routes import access_keys, account, operator, system
 from openpse.domain import errors as e
@@ -22,7 +28,7 @@ from openpse.services.context import Services
 __all__ = ["create_app"]
 
 
-class _ORJSON(Response):
+class _ORJSON(JSONResponse):  # a JSONResponse, so the OpenAPI document says JSON, not "string"
     media_type = JSON_CONTENT_TYPE
 
     def render(self, content: Any) -> bytes:
@@ -30,7 +36,7 @@ class _ORJSON(Response):
 
 
 API_VERSION = "2026-11-01"
-ROUTERS: list[Any] = [system.router, account.router, access_keys.router, operator.router]
+API_ROUTERS: list[Any] = [account.router, access_keys.router, operator.router]
 
 
 def _rid(request: Request) -> str | None:
@@ -109,8 +115,9 @@ def create_app(
                           "request_id": _rid(request)}}
         return Response(json_bytes(body), status_code=500, media_type=JSON_CONTENT_TYPE)
 
-    for router in ROUTERS + (extra_routers or []):
-        app.include_router(router)
+    app.include_router(system.router)
+    for router in API_ROUTERS + (extra_routers or []):
+        app.include_router(router, responses=API_ERROR_RESPONSES)
     return Pipeline(app, pipeline), app
 
 

@@ -21,12 +21,12 @@ _access_key = APIKeyHeader(name="X-PSE-Access-Key", auto_error=False,
                                        "(X-PSE-Timestamp, X-PSE-Nonce, X-PSE-Signature)")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
 
-def get_caller(request: Request, _key: str | None = Depends(_access_key)) -> Caller:
+async def get_caller(request: Request, _key: str | None = Depends(_access_key)) -> Caller:
     auth: AuthContext | None = getattr(request.state, "auth", None)
     if auth is None:  # the pipeline authenticates every /v1 route; this is a safety net
         raise AuthenticationFailed("request is not authenticated", code="missing_signature")
@@ -67,11 +67,7 @@ def _parse_time(value: str | None, param: str) -> int | None:
 
 class ListParams:
     def __init__(
-        self,
-        limit: Annotated[int, Query(ge=1, le=100, description="1-100, default 20")] = 20,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
-        created_gte: Annotated[str | None, Query(description="RFC 3339 UTC, inclusive")] = None,
-        created_lt: Annotated[str | None, Query(description="RFC 3339 UTC, exclusive")] = None,
+        self, limit: int, cursor: str | None, created_gte: str | None, created_lt: str | None
     ) -> None:
         self.limit = limit
         self.cursor = cursor
@@ -83,4 +79,14 @@ class ListParams:
                 "created_lt": self.created_lt}
 
 
-ListParamsDep = Annotated[ListParams, Depends(ListParams)]
+async def list_params(
+    limit: Annotated[int, Query(ge=1, le=100, description="1-100, default 20")] = 20,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    created_gte: Annotated[str | None, Query(description="RFC 3339 UTC, inclusive")] = None,
+    created_lt: Annotated[str | None, Query(description="RFC 3339 UTC, exclusive")] = None,
+) -> ListParams:
+    """Async, so FastAPI does not hop to its thread pool for every list request."""
+    return ListParams(limit, cursor, created_gte, created_lt)
+
+
+ListParamsDep = Annotated[ListParams, Depends(list_params)]

@@ -7,19 +7,54 @@ this module turns them (and framework validation errors) into the contract's err
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
 from openpse.domain import errors as e
 
-__all__ = ["JSON_CONTENT_TYPE", "error_body", "error_response", "json_bytes", "status_and_type",
-           "validation_error"]
+__all__ = ["API_ERROR_RESPONSES", "JSON_CONTENT_TYPE", "ErrorResponse", "error_body",
+           "error_response", "json_bytes", "status_and_type", "validation_error"]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. string_to_sign, payment
+
+    type: Literal["invalid_request_error", "authentication_error", "permission_error",
+                  "idempotency_error", "rate_limit_error", "card_error", "api_error"]
+    code: str
+    message: str
+    param: str | None
+    request_id: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx answer of the API."""
+
+    error: ErrorDetail
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Declared on every API route, so the OpenAPI document shows the errors the pipeline and the
+# error handlers really send (and not the framework's 422, which this API never answers).
+API_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _err("Invalid request: malformed JSON, unknown field, wrong type (see error.param)"),
+    401: _err("Authentication failed: missing or bad signature, key, timestamp or nonce"),
+    403: _err("Permission denied, e.g. ip_not_allowed or kyc_required"),
+    404: _err("No such object for this key, or no such route"),
+    413: _err("Request body larger than 1 MiB"),
+    429: _err("Rate limited: see Retry-After and the RateLimit-* headers"),
+    "default": _err("Any other error; error.type and error.code say which"),
+}
 
 _IDEMPOTENCY_STATUS = {"idempotency_key_reused": 422, "idempotency_request_in_progress": 409}
 

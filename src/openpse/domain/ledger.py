@@ -9,7 +9,8 @@ positive and credits negative; per currency they sum to zero. Accounts:
 ``acquirer_receivable``     asset: captured money the acquirer owes us
 ``merchant_pending``        liability: captured money we owe the merchant, not yet settled
 ``merchant_available``      liability: settled money the merchant may be paid out
-``platform_fees``           revenue (platform-owned): fees we charged
+``platform_fees``           revenue: fees we charged (one account per merchant, so that no
+                            single row is shared by every merchant's captures)
 ``refunds_payable``         liability: refunds accepted but not yet paid back to the shopper
 ==========================  ======================================================================
 
@@ -89,7 +90,7 @@ def capture(merchant: str, currency: str, amount: int, fee: int, *, held: bool) 
     out += [Posting(merchant, "acquirer_receivable", currency, amount)]
     out += [Posting(merchant, "merchant_pending", currency, -(amount - fee))]
     if fee:
-        out += [Posting(PLATFORM, "platform_fees", currency, -fee)]
+        out += [Posting(merchant, "platform_fees", currency, -fee)]
     return out
 
 

@@ -187,7 +187,7 @@ def _locale(request: Request, wanted: str | None) -> Texts:
     return Texts(DEFAULT_LOCALE)
 
 
-def _html(name: str, t: Texts, status: int = 200, **ctx: Any) -> HTMLResponse:
+def _html(name: str, t: Texts, status: int = 200, /, **ctx: Any) -> HTMLResponse:
     body = _templates.get_template(name).render(t=t, lang=t.locale, **ctx)
     return HTMLResponse(body, status_code=status, headers=_HEADERS)
 
@@ -335,7 +335,7 @@ def _challenge(request: Request, ch: svc_checkout.Challenge, token: str,
     p = ch.payment
     amount = format_amount(p["amount"], p["currency"])
     return _html("threeds.html", t, merchant=ch.merchant_name, amount=amount, token=token,
-                 payment_id=p["id"], pending=ch.pending, status=p["status"], error=error,
+                 payment_id=p["id"], pending=ch.pending, payment_status=p["status"], error=error,
                  return_url=ch.return_url)
 
 

@@ -181,8 +181,8 @@ async def create_session(svc: Services, caller: Caller, p: dict[str, Any]) -> di
     amount = parse_amount(p.get("amount"), currency)
     session_id = new_id("cs_")
     row: dict[str, Any] = {
-        "id": session_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode, "status": "open",
-        "amount": amount, "currency": currency,
+        "id": session_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
+        "status": "open", "amount": amount, "currency": currency,
         "merchant_order_id": p.get("merchant_order_id"),
         "payment_method_types": _payment_method_types(p.get("payment_method_types")),
         "success_url": _absolute_url(p.get("success_url"), "success_url"),

@@ -1,14 +1,14 @@
 """The delivery engine: claim due deliveries, send them concurrently, record what happened.
 
 ``DeliveryRunner.run_once(now_s)`` is one step of a pipeline that keeps up to
-``max_in_flight`` attempts on the wire:
+``max_in_flight`` attempts on the wire (at most ``max_per_endpoint`` to any one endpoint):
 
-1. record the attempts that finished since the last step (one transaction for all of them:
-   attempt rows, delivery states, endpoint health, endpoints to disable);
-2. claim as many due deliveries as there is room for (``outbox.claim_due``, with a lease);
-3. start an attempt for each (one shared ``WebhookSender``: pooled connections, SSRF check and
+1. in one transaction, record the attempts that finished since the last step (attempt rows,
+   delivery states, endpoint health, endpoints to disable) and claim as many due deliveries as
+   there is room for (``outbox.claim_due``, with a lease);
+2. start an attempt for each (one shared ``WebhookSender``: pooled connections, SSRF check and
    address pinning at send time, 15 s total timeout, capped read, no redirects);
-4. wait until half of what is in flight has finished, or ``linger_s``, and record that.
+3. wait until half of what is in flight has finished, or ``linger_s``.
 
 Attempts still running when a step returns (a slow receiver) carry on and are recorded by a
 later step, so one slow endpoint never holds up the others. The body sent is the event's stored
@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets as _secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from random import Random
@@ -38,6 +40,7 @@ from openpse.webhooks.keyring import SecretEntry, active_secrets, open_keyring
 from openpse.webhooks.outbox import (
     ClaimedDelivery,
     Outcome,
+    RecordSummary,
     claim_due,
     queue_stats,
     record_outcomes,
@@ -50,6 +53,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_LEASE_S",
     "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_PER_ENDPOINT",
     "DeliveryOptions",
     "DeliveryRunner",
     "DisableHook",
@@ -57,6 +61,9 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_MAX_IN_FLIGHT = 100
+# Parallel attempts to one endpoint per worker: the sender keeps 20 idle connections, and a
+# merchant's receiver should not see a flood of parallel requests from one worker.
+DEFAULT_MAX_PER_ENDPOINT = 20
 # A claim outlives the longest attempt (15 s) plus the time to record it, with a wide margin: a
 # lease that ran out while its attempt was still running would send the delivery twice.
 DEFAULT_LEASE_S = 60
@@ -75,6 +82,7 @@ log = get_logger("openpse.webhooks")
 class DeliveryOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_per_endpoint: int = DEFAULT_MAX_PER_ENDPOINT
     lease_s: int = DEFAULT_LEASE_S
     linger_s: float = DEFAULT_LINGER_S
 
@@ -83,6 +91,8 @@ class DeliveryOptions:
             raise ValueError("batch_size must be in [1, 10000]")
         if not 1 <= self.max_in_flight <= 10_000:
             raise ValueError("max_in_flight must be in [1, 10000]")
+        if not 1 <= self.max_per_endpoint <= self.max_in_flight:
+            raise ValueError("max_per_endpoint must be in [1, max_in_flight]")
         if not 2 <= self.lease_s <= 3600:
             raise ValueError("lease_s must be in [2, 3600]")
         if not 0 < self.linger_s <= 60:
@@ -124,6 +134,7 @@ class DeliveryRunner:
         self._finished: list[Outcome] = []
         self._wake = asyncio.Event()
         self._want = 0
+        self._per_endpoint: Counter[str] = Counter()
         self._keyrings: dict[tuple[str, str], list[SecretEntry]] = {}
         self._gauges_due_s = 0.0
 
@@ -132,19 +143,33 @@ class DeliveryRunner:
         return len(self._tasks)
 
     async def run_once(self, now_s: int) -> int:
-        """One pipeline step; returns deliveries claimed plus attempts recorded (0: idle)."""
-        work = await self._flush()
-        room = self.options.max_in_flight - len(self._tasks)
-        if room > 0:
-            claimed = await self._claim(now_s, min(room, self.options.batch_size))
-            for delivery in claimed:
-                self._spawn(delivery, now_s)
-            work += len(claimed)
+        """One pipeline step; returns attempts recorded plus deliveries claimed (0: idle)."""
+        finished, self._finished = self._finished, []
+        room = min(self.options.max_in_flight - len(self._tasks), self.options.batch_size)
+        self._rounds += 1
+        token = f"{self._worker_id}:{self._rounds}"
+        claimed: list[ClaimedDelivery] = []
+        try:
+            async with self._db.transaction() as tx:
+                summary = await self._record(tx, finished)
+                if room > 0:
+                    claimed = await claim_due(
+                        tx, now_s=now_s, limit=room, lease_s=self.options.lease_s, token=token,
+                        max_per_endpoint=self.options.max_per_endpoint,
+                        in_flight=self._per_endpoint)
+        except Exception:
+            # Kept for the next step while their claims last; past that, another worker may
+            # have re-sent them and recording is pointless (the token no longer matches).
+            self._finished = [o for o in finished
+                              if o.sent_at_s + self.options.lease_s > now_s] + self._finished
+            raise
+        self._observe(finished, summary)
+        for delivery in claimed:
+            self._spawn(delivery, now_s)
         if self._tasks:
             await self._wait_for(max(1, len(self._tasks) // 2))
-            work += await self._flush()
         await self._publish_queue(now_s)
-        return work
+        return len(finished) + len(claimed)
 
     async def run_until_idle(self, now_s: int) -> int:
         """Steps until nothing is due or in flight (tests, benchmarks); returns the work done."""
@@ -168,20 +193,17 @@ class DeliveryRunner:
 
     # --- steps -----------------------------------------------------------------------------------
 
-    async def _claim(self, now_s: int, limit: int) -> list[ClaimedDelivery]:
-        self._rounds += 1
-        token = f"{self._worker_id}:{self._rounds}"
-        async with self._db.transaction() as tx:
-            return await claim_due(tx, now_s=now_s, limit=limit, lease_s=self.options.lease_s,
-                                   token=token)
-
     def _spawn(self, delivery: ClaimedDelivery, now_s: int) -> None:
         task = asyncio.get_running_loop().create_task(self._attempt(delivery, now_s))
         self._tasks.add(task)
-        task.add_done_callback(self._on_done)
+        self._per_endpoint[delivery.endpoint_id] += 1
+        task.add_done_callback(functools.partial(self._on_done, delivery.endpoint_id))
 
-    def _on_done(self, task: asyncio.Task[Outcome]) -> None:
+    def _on_done(self, endpoint_id: str, task: asyncio.Task[Outcome]) -> None:
         self._tasks.discard(task)
+        self._per_endpoint[endpoint_id] -= 1
+        if self._per_endpoint[endpoint_id] <= 0:
+            del self._per_endpoint[endpoint_id]
         if task.cancelled():
             return
         exc = task.exception()
@@ -202,7 +224,8 @@ class DeliveryRunner:
 
     async def _attempt(self, delivery: ClaimedDelivery, now_s: int) -> Outcome:
         if self._sender is None:
-            self._sender = WebhookSender(timeout_s=self.options.attempt_timeout_s)
+            self._sender = WebhookSender(timeout_s=self.options.attempt_timeout_s,
+                                         max_connections=self.options.max_in_flight)
         try:
             signing_secrets = active_secrets(self._keyring(delivery), now_s=now_s)
         except DecryptionFailed:
@@ -228,25 +251,24 @@ class DeliveryRunner:
             self._keyrings[key] = entries
         return entries
 
-    async def _flush(self) -> int:
-        """Record every finished attempt in one transaction."""
-        if not self._finished:
-            return 0
-        batch, self._finished = self._finished, []
-        async with self._db.transaction() as tx:
-            summary = await record_outcomes(tx, batch, rng=self._rng)
-            now_s = max(o.finished_at_s for o in batch)
+    async def _record(self, tx: Tx, finished: list[Outcome]) -> RecordSummary:
+        """Store finished attempts and their consequences (in the step's transaction)."""
+        summary = await record_outcomes(tx, finished, rng=self._rng)
+        if summary.disable:
+            now_s = max(o.finished_at_s for o in finished)
             for endpoint_id, reason in sorted(summary.disable.items()):
                 await self._on_disable(tx, endpoint_id, reason, now_s)
+        return summary
+
+    def _observe(self, finished: list[Outcome], summary: RecordSummary) -> None:
         for label, count in summary.outcomes.items():
             metrics.OUTCOMES.labels(label).inc(count)
-        for o in batch:
+        for o in finished:
             metrics.ATTEMPT_DURATION.observe(o.result.latency_ms / 1000)
             if o.result.ok:
                 metrics.DELIVERY_LAG.observe(max(0, o.finished_at_s - o.delivery.created))
         for endpoint_id, reason in summary.disable.items():
             log.warning("webhook endpoint disabled", endpoint=endpoint_id, reason=reason)
-        return len(batch)
 
     async def _publish_queue(self, now_s: int) -> None:
         if time.monotonic() < self._gauges_due_s:

@@ -25,7 +25,7 @@ that keeps killing its worker is tried at most ``MAX_ATTEMPTS`` times.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,7 @@ __all__ = [
 ALL_EVENTS = "*"
 ERROR_CAP_CHARS = 500
 MAX_ENDPOINTS_PER_EVENT = 100
+CANDIDATES_PER_CLAIM = 2
 
 D = webhook_deliveries
 E = webhook_endpoints
@@ -157,14 +158,36 @@ class ClaimedDelivery:
 
 
 async def claim_due(
-    tx: Tx, *, now_s: int, limit: int, lease_s: int, token: str
+    tx: Tx, *, now_s: int, limit: int, lease_s: int, token: str,
+    max_per_endpoint: int | None = None, in_flight: Mapping[str, int] | None = None,
 ) -> list[ClaimedDelivery]:
-    """Take up to ``limit`` due deliveries for ``lease_s`` seconds under ``token``."""
-    pick = (select(D.c.id).where(D.c.status == "pending", D.c.next_attempt_at <= now_s)
-            .order_by(D.c.next_attempt_at, D.c.id).limit(limit))
+    """Take up to ``limit`` due deliveries for ``lease_s`` seconds under ``token``.
+
+    With ``max_per_endpoint``, no endpoint gets more than that many attempts at once from
+    this worker, counting the ``in_flight`` ones (endpoint id -> attempts still running):
+    a slow or flooded endpoint then cannot take every slot, and a merchant's receiver is not
+    hit by more parallel requests than the sender keeps connections for.
+    """
+    busy = dict(in_flight or {})
+    pick = select(D.c.id, D.c.endpoint_id).where(D.c.status == "pending",
+                                                 D.c.next_attempt_at <= now_s)
+    if max_per_endpoint is not None:
+        saturated = sorted(e for e, n in busy.items() if n >= max_per_endpoint)
+        if saturated:
+            pick = pick.where(D.c.endpoint_id.not_in(saturated))
+    # Candidates beyond ``limit``: some may be skipped for their endpoint's cap.
+    pick = pick.order_by(D.c.next_attempt_at, D.c.id).limit(limit * CANDIDATES_PER_CLAIM)
     if tx.dialect.name != "sqlite":  # SQLite: the single writer already serialises claims
         pick = pick.with_for_update(skip_locked=True)
-    ids = list((await tx.execute(pick)).scalars())
+    ids: list[str] = []
+    for row in (await tx.execute(pick)).all():
+        if len(ids) >= limit:
+            break
+        if max_per_endpoint is not None:
+            if busy.get(row.endpoint_id, 0) >= max_per_endpoint:
+                continue
+            busy[row.endpoint_id] = busy.get(row.endpoint_id, 0) + 1
+        ids.append(row.id)
     if not ids:
         return []
     until = now_s + lease_s

@@ -14,7 +14,8 @@ from openpse.services import checkout as svc_checkout
 
 router = APIRouter(prefix="/v1/checkout/sessions", tags=["checkout sessions"])
 
-STATE: dict[int | str, dict[str, Any]] = {409: {"description": "session_invalid_state: the session is not open"}}
+STATE: dict[int | str, dict[str, Any]] = {
+    409: {"description": "session_invalid_state: the session is not open"}}
 
 
 @router.post("", status_code=201, summary="Create a checkout session (a hosted payment page)")

@@ -17,7 +17,7 @@ from openpse.services import merchants as svc_merchants
 from openpse.services.context import Services
 
 
-def require_operator(
+async def require_operator(
     svc: ServicesDep, authorization: Annotated[str | None, Header()] = None
 ) -> Services:
     token = svc.settings.admin_token.get_secret_value() if svc.settings.admin_token else None

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from openpse.api.errors import JSON_CONTENT_TYPE, json_bytes
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", summary="200 when the database answers, 503 otherwise")
+class Health(BaseModel):
+    status: str
+    database: str | None = None
+
+
+@router.get("/healthz", summary="200 when the database answers, 503 otherwise",
+            response_model=Health,
+            responses={503: {"model": Health, "description": "the database does not answer"}})
 async def healthz(request: Request) -> Response:
     ok = await request.app.state.services.db.ping()
     body = {"status": "ok"} if ok else {"status": "unavailable", "database": "unreachable"}
@@ -18,7 +27,7 @@ async def healthz(request: Request) -> Response:
                     media_type=JSON_CONTENT_TYPE)
 
 
-@router.get("/metrics", summary="Prometheus text format")
+@router.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
