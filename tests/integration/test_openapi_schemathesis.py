@@ -13,11 +13,15 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import MerchantKit, new_merchant
 from tests.support.signer import sign_headers
 
 MAX_EXAMPLES_PER_OPERATION = 20
+# Every check runs except "schema-valid data must be accepted": the API's rules are stricter
+# than JSON Schema can say (CIDR blocks, ISO 4217 codes, RFC 3339 filters, no NUL, 1453.0 is
+# not an integer amount), so schema-valid input may rightly get a 400.
 
 
 class SignedAuth(requests.auth.AuthBase):
@@ -66,7 +70,7 @@ def _fuzz(operation, mode: GenerationMode, session: requests.Session) -> None:
               suppress_health_check=list(HealthCheck), phases=[Phase.generate])
     @given(case=operation.as_strategy(generation_mode=mode, auth_storage=operation.schema.auth))
     def run(case) -> None:
-        case.call_and_validate(session=session)
+        case.call_and_validate(session=session, excluded_checks=[positive_data_acceptance])
 
     run()
 

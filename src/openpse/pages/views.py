@@ -30,7 +30,7 @@ DEFAULT_LOCALE: Final = "en"
 MAX_FIELD_CHARS: Final = 64
 MAX_NAME_CHARS: Final = 200
 REFRESH_S: Final = 3
-SANDBOX_TEST_CARD: Final = "4242 4242 4242 4242"
+SANDBOX_TEST_CARD: Final = "4242\u00a04242\u00a04242\u00a04242"  # no line break inside
 _INVALID_CARD_CODES: Final = frozenset({
     "invalid_number", "invalid_expiry_month", "invalid_expiry_year", "invalid_cvc"})
 
