@@ -42,7 +42,13 @@ def build_services(settings: Settings) -> Services:
         fingerprints=Fingerprinter(master),
     )
     _attach_connectors(svc)
+    _register_hooks()
     return svc
+
+
+def _register_hooks() -> None:
+    """Import the modules whose hooks and event sinks must be registered in every process."""
+    import openpse.services.checkout  # noqa: F401  (completes sessions with their payments)
 
 
 def _attach_connectors(svc: Services) -> None:

@@ -238,6 +238,35 @@ def step_idempotency(ctx: dict[str, Any]) -> str:
     return f"the same Idempotency-Key twice → one payment {first['id']}, second answer replayed"
 
 
+def step_checkout(ctx: dict[str, Any]) -> str:
+    import re
+
+    import httpx
+
+    c = ctx["client"]
+    cs = c.checkout_sessions.create(
+        amount=3980, currency="JPY", merchant_order_id="ord-1006", payment_method_types=["card"],
+        success_url="https://shop.example/thanks", cancel_url="https://shop.example/cart")
+    _check(cs["status"] == "open" and cs["url"], str(cs))
+    with httpx.Client(timeout=30) as browser:
+        page = browser.get(cs["url"])
+        _check(page.status_code == 200 and "3,980" in page.text, "the hosted page shows the amount")
+        fields = dict(re.findall(r'name="(token|nonce)" value="([^"]*)"', page.text))
+        form = {**fields, "number": CARD_OK, "exp_month": "12", "exp_year": "2034",
+                "cvc": "123", "name": "Hanako Yamada"}
+        first = browser.post(cs["url"].split("?")[0], data=form)
+        again = browser.post(cs["url"].split("?")[0], data=form)  # a double click
+    _check(first.status_code == 303 and "shop.example/thanks" in first.headers["location"],
+           f"expected a redirect to success_url, got {first.status_code}")
+    done = c.checkout_sessions.retrieve(cs["id"])
+    _check(done["status"] == "complete" and done["payment"], str(done))
+    paid = c.payments.list(merchant_order_id="ord-1006")["data"]
+    succeeded = [p for p in paid if p["status"] == "succeeded"]
+    _check(len(succeeded) == 1, f"{len(succeeded)} successful payments for one session")
+    return (f"{cs['id']} paid on its hosted page → complete with {done['payment']}; the second "
+            f"submit (HTTP {again.status_code}) made no second payment")
+
+
 def step_ledger(ctx: dict[str, Any]) -> str:
     import asyncio
 
@@ -267,5 +296,6 @@ STEPS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("A manual capture", step_manual_capture),
     ("A partial refund", step_refund),
     ("An idempotent retry", step_idempotency),
+    ("A checkout session paid on its hosted page", step_checkout),
     ("Ledger verification", step_ledger),
 ]

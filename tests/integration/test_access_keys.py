@@ -45,22 +45,29 @@ def test_create_shows_the_secret_once(merchant):
 
 def test_rotate_with_overlap_then_old_key_expires(merchant):
     raw = merchant.raw()
-    res = raw.post(f"/v1/access_keys/{merchant.access_key}/rotate", {"overlap_seconds": 1})
+    res = raw.post(f"/v1/access_keys/{merchant.access_key}/rotate", {"overlap_seconds": 60})
     assert res.status_code == 201, res.text
-    new = res.json()
-    assert new["id"] != merchant.access_key and new["secret"] != merchant.secret
-    new_raw = _kit(merchant, new).raw()
+    first = res.json()
+    assert first["id"] != merchant.access_key and first["secret"] != merchant.secret
+    first_raw = _kit(merchant, first).raw()
     assert raw.get("/v1/account").status_code == 200  # both work during the overlap
-    assert new_raw.get("/v1/account").status_code == 200
-    old = new_raw.get(f"/v1/access_keys/{merchant.access_key}").json()
-    assert old["replaced_by"] == new["id"] and old["expires_at"] is not None
+    assert first_raw.get("/v1/account").status_code == 200
+    old = first_raw.get(f"/v1/access_keys/{merchant.access_key}").json()
+    assert old["replaced_by"] == first["id"] and old["status"] == "active"
+    assert old["expires_at"] is not None
+
+    # a one-second overlap, so the end of the overlap is observable
+    res = first_raw.post(f"/v1/access_keys/{first['id']}/rotate", {"overlap_seconds": 1})
+    assert res.status_code == 201, res.text
+    second_raw = _kit(merchant, res.json()).raw()
 
     def _expired() -> None:
-        assert_error(raw.get("/v1/account"), 401, "authentication_error", "key_revoked")
+        assert_error(first_raw.get("/v1/account"), 401, "authentication_error", "key_revoked")
 
-    eventually(_expired, timeout_s=4.0, interval_s=0.25)
-    assert new_raw.get("/v1/account").status_code == 200
-    assert new_raw.get(f"/v1/access_keys/{merchant.access_key}").json()["status"] == "expired"
+    eventually(_expired, timeout_s=5.0, interval_s=0.25)
+    assert second_raw.get("/v1/account").status_code == 200
+    assert second_raw.get(f"/v1/access_keys/{first['id']}").json()["status"] == "expired"
+    assert raw.get("/v1/account").status_code == 200  # its own 60 s overlap still runs
 
 
 def test_rotate_twice_is_refused(merchant):

@@ -51,7 +51,7 @@ def proxied_server(migrated_db, tmp_path_factory):
     srv.stop()
 
 
-# ---- missing_signature / unknown_access_key ---------------------------------------------------
+# ---- missing_signature / unknown_access_key -----------------------------------------------------
 
 
 @pytest.mark.parametrize("header", ["X-PSE-Access-Key", "X-PSE-Timestamp", "X-PSE-Nonce",
@@ -108,7 +108,7 @@ def test_rotated_key_after_overlap_is_key_revoked(merchant):
     assert successor.raw().get("/v1/account").status_code == 200
 
 
-# ---- timestamp_out_of_window ----------------------------------------------------------------------
+# ---- timestamp_out_of_window --------------------------------------------------------------------
 
 
 def _assert_server_time_in(message: str) -> None:
@@ -161,7 +161,7 @@ def test_garbage_timestamp_is_a_401_not_a_crash(merchant, ts):
     assert "Unix" in err["message"]
 
 
-# ---- invalid_signature: one byte changed in each signed part -------------------------------------
+# ---- invalid_signature: one byte changed in each signed part ------------------------------------
 
 
 def test_changed_method_is_invalid_signature(merchant):
@@ -245,7 +245,7 @@ async def test_live_key_never_echoes_string_to_sign(services, server):
     assert live.raw().get("/v1/account").json()["livemode"] is True
 
 
-# ---- replayed_nonce ---------------------------------------------------------------------------------
+# ---- replayed_nonce -----------------------------------------------------------------------------
 
 
 def test_same_signed_request_twice_is_replayed_nonce(merchant):

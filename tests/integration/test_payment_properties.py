@@ -153,6 +153,7 @@ async def _check_books(svc: Any, merchant_id: str, snap: dict[str, dict[str, Any
         want[("authorization_holds", cur)] -= p["amount_capturable"]
         want[("acquirer_receivable", cur)] += p["amount_received"] - p["amount_refunded"]
         want[("merchant_pending", cur)] -= p["amount_received"] - p["fee"] - p["amount_refunded"]
+        want[("platform_fees", cur)] -= p["fee"]
     for key in set(want) | set(bal):
         assert bal.get(key, 0) == want.get(key, 0), (key, bal, dict(want))
 

@@ -467,11 +467,11 @@ async def _claim(svc: Services, session_id: str, payment_id: str) -> str | None:
     """Make ``payment_id`` the session's current payment, unless one is under way or paid
     (then returns why not: ``in_progress`` or ``closed``)."""
     async with svc.db.transaction() as tx:
-        found = (await tx.execute(select(checkout_sessions).where(
-            checkout_sessions.c.id == session_id))).first()
-        assert found is not None
+        scope = (await tx.execute(select(checkout_sessions.c.merchant_id,
+                                         checkout_sessions.c.livemode).where(
+            checkout_sessions.c.id == session_id))).one()  # sessions are never deleted
         row = await load_scoped(tx, checkout_sessions, session_id,
-                                merchant_id=found.merchant_id, livemode=found.livemode,
+                                merchant_id=scope.merchant_id, livemode=scope.livemode,
                                 lock=True, what="checkout session")
         current = None
         if row["payment_id"]:
