@@ -131,16 +131,21 @@ def test_invalid_cidr_is_400_with_param(merchant):
     assert key["ip_allowlist"] == [] and key["version"] == 1
 
 
-def test_live_key_needs_kyc_approval(merchant):
+def test_live_key_needs_kyc_approval_and_never_comes_from_a_test_key(merchant):
     raw = merchant.raw()
+    operator = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+    issue_url = f"{merchant.base_url}/operator/merchants/{merchant.merchant_id}/access_keys"
     res = raw.post("/v1/access_keys", {"mode": "live"})
-    assert_error(res, 403, "permission_error", "kyc_required")
+    assert_error(res, 403, "permission_error", "live_key_requires_live_caller")
+    res = httpx.post(issue_url, json={"mode": "live"}, headers=operator)
+    assert res.status_code == 403 and res.json()["error"]["code"] == "kyc_required", res.text
     assert all(not k["livemode"] for k in raw.get("/v1/access_keys").json()["data"])
     approve = httpx.post(f"{merchant.base_url}/operator/merchants/{merchant.merchant_id}/kyc",
-                         json={"status": "active"},
-                         headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"})
+                         json={"status": "active"}, headers=operator)
     assert approve.status_code == 200, approve.text
     res = raw.post("/v1/access_keys", {"mode": "live"})
+    assert_error(res, 403, "permission_error", "live_key_requires_live_caller")
+    res = httpx.post(issue_url, json={"mode": "live"}, headers=operator)
     assert res.status_code == 201, res.text
     live = res.json()
     assert live["id"].startswith("ak_live_") and live["secret"].startswith("sk_live_")

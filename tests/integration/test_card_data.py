@@ -18,7 +18,6 @@ from sqlalchemy import func, select, text
 from openpse.crypto import Fingerprinter
 from openpse.storage.tables import events, payment_methods, request_logs
 from tests.conftest import new_merchant
-from tests.support.api_asserts import eventually
 from tests.support.ledger import (
     DECLINED,
     JCB,
@@ -38,7 +37,6 @@ BAD_LUHN = "4242424242424241"
 _DIGITS = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
 _CVC_NEAR = re.compile(r"(cvc|cvv|security.?code)\W{0,12}" + CVC, re.IGNORECASE)
 _CVC_VALUE = re.compile(r"[\"']" + CVC + r"[\"']")
-_TOKEN = re.compile(r"[0-9A-Za-z_]+")
 
 
 def _luhn(digits: str) -> bool:
@@ -50,7 +48,7 @@ def _luhn(digits: str) -> bool:
 
 
 def _token_around(blob: str, start: int, end: int) -> str:
-    while start > 0 and blob[start - 1].isalnum() or start > 0 and blob[start - 1] == "_":
+    while start > 0 and (blob[start - 1].isalnum() or blob[start - 1] == "_"):
         start -= 1
     while end < len(blob) and (blob[end].isalnum() or blob[end] == "_"):
         end += 1

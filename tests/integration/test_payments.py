@@ -8,7 +8,12 @@ import json
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from openpse.domain.errors import Conflict
+from openpse.services import payments as svc_payments
+from openpse.services.context import Caller
+from openpse.storage.tables import review_items
 from tests.support.api_asserts import assert_error
 from tests.support.ledger import (
     DECLINED,
@@ -342,3 +347,42 @@ async def test_event_payloads_and_balance(merchant, services):
     bal = raw.get("/v1/balance")
     assert bal.status_code == 200, bal.text
     assert {"amount": 2000 - 88, "currency": "USD"} in bal.json()["pending"]
+
+
+@pytest.mark.parametrize("flow", ["authorize", "capture"])
+async def test_cancel_while_the_acquirer_call_is_in_flight(merchant, services, monkeypatch,
+                                                           flow: str) -> None:
+    """A cancel that arrives while the acquirer is being asked must not win: the card would be
+    charged (or captured) for a payment that says canceled."""
+    caller = Caller(merchant.merchant_id, False)
+    sim = services.connectors["simulator"]
+    real = getattr(sim, flow)
+    refused: list[str] = []
+
+    async def racing(*args: Any) -> Any:
+        pay_id = args[0].payment_id if flow == "authorize" else held["id"]
+        try:
+            await svc_payments.cancel_payment(services, caller, pay_id)
+        except Conflict as exc:
+            refused.append(exc.code)
+        return await real(*args)
+
+    params = {"amount": 800, "currency": "USD", "merchant_order_id": "race", "confirm": True,
+              "capture_method": "manual" if flow == "capture" else "automatic",
+              "payment_method": {"type": "card"}}
+    card = svc_payments.CardInput(VISA, 12, 2034, "123")
+    held: dict[str, Any] = {}
+    if flow == "capture":
+        held, _ = await svc_payments.create_payment(services, caller, params, card)
+    monkeypatch.setattr(sim, flow, racing)
+    if flow == "authorize":
+        view, _ = await svc_payments.create_payment(services, caller, params, card)
+    else:
+        view = await svc_payments.capture_payment(services, caller, held["id"])
+    assert refused == ["payment_invalid_state"]
+    assert view["status"] == "succeeded" and view["amount_received"] == 800
+    async with services.db.read() as conn:
+        reviews = (await conn.execute(select(review_items).where(
+            review_items.c.object_id == view["id"]))).all()
+    assert reviews == []
+    assert not await ledger_problems(services)

@@ -13,7 +13,8 @@ __all__ = ["mask_pans", "redact", "redact_text"]
 
 SENSITIVE_KEYS = frozenset({
     "number", "cvc", "cvv", "secret", "password", "iban", "account_number", "token_secret",
-    "card_number", "tax_id",
+    "card_number", "tax_id", "security_code", "card_cvc", "cvv2", "cvc2", "pan",
+    "master_key", "authorization",
 })
 MASK = "[REDACTED]"
 MAX_DEPTH = 32

@@ -598,6 +598,10 @@ async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
     async with svc.db.transaction() as tx:
         row = await _lock(tx, caller, payment_id)
         assert_transition(payment_id, row["status"], Status.CANCELED, action="cancel")
+        if row["status"] == Status.PROCESSING:  # processing -> canceled is for a void's answer
+            raise Conflict(f"cannot cancel payment {payment_id}: it is processing (the acquirer "
+                           "is being asked); retry once it has answered",
+                           code="payment_invalid_state")
         if row["status"] != Status.REQUIRES_CAPTURE:  # nothing held at the acquirer
             new = await change_status(tx, caller, row, Status.CANCELED, {
                 "cancellation_reason": reason, "canceled_at": now, "next_action": None},

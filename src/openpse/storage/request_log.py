@@ -50,9 +50,19 @@ class RequestLogWriter:
         rows: list[dict[str, Any]] = []
         while not self._queue.empty() and len(rows) < MAX_BATCH_ROWS:
             rows.append(self._queue.get_nowait())
-        if rows:
+        if not rows:
+            return 0
+        try:
             async with self._db.transaction() as tx:
                 await tx.execute(insert(request_logs), rows)
+        except Exception:
+            # One bad row must not lose the batch: write them one by one, count the refusals.
+            for row in rows:
+                try:
+                    async with self._db.transaction() as tx:
+                        await tx.execute(insert(request_logs), [row])
+                except Exception:
+                    self.dropped += 1
         return len(rows)
 
     async def stop(self) -> None:

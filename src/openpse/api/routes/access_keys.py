@@ -11,6 +11,7 @@ from fastapi import APIRouter
 
 from openpse.api.deps import CallerDep, ServicesDep
 from openpse.api.models import AccessKeyCreate, AccessKeyRotate, AccessKeyUpdate
+from openpse.domain.errors import PermissionDenied
 from openpse.services import merchants as svc_merchants
 
 router = APIRouter(prefix="/v1/access_keys", tags=["access keys"])
@@ -23,6 +24,13 @@ def _with_secret(issued: svc_merchants.IssuedKey) -> dict[str, Any]:
 @router.post("", status_code=201, summary="Create an access key (its secret is shown once)")
 async def create_key(body: AccessKeyCreate, caller: CallerDep, svc: ServicesDep) -> Any:
     livemode = caller.livemode if body.mode is None else body.mode == "live"
+    if livemode and not caller.livemode:
+        # A leaked sandbox key must never be a way to mint live credentials.
+        raise PermissionDenied(
+            "a sandbox key cannot create live keys: create them with a live key, or ask the "
+            "operator for the first one (openpse keys create --live)",
+            code="live_key_requires_live_caller",
+        )
     issued = await svc_merchants.create_access_key(
         svc, caller.merchant_id, livemode=livemode, ip_allowlist=body.ip_allowlist,
         description=body.description,

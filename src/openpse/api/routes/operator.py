@@ -52,3 +52,22 @@ async def kyc_decision(merchant_id: str, body: KycDecision, svc: OperatorDep) ->
 async def key_rate_limit(key_id: str, body: KeyLimit, svc: OperatorDep) -> Any:
     await svc_merchants.set_key_rate_limit(svc, key_id, body.rate_limit_per_s)
     return {"id": key_id, "rate_limit_per_s": body.rate_limit_per_s}
+
+
+class KeyCreate(Strict):
+    mode: str = "live"
+    ip_allowlist: list[str] | None = None
+    description: str | None = None
+
+
+@router.post("/merchants/{merchant_id}/access_keys", status_code=201,
+             summary="Issue a key for a merchant (the first live key comes from here)")
+async def issue_key(merchant_id: str, body: KeyCreate, svc: OperatorDep) -> Any:
+    if body.mode not in ("test", "live"):
+        from openpse.domain.errors import InvalidRequest
+
+        raise InvalidRequest("mode must be test or live", param="mode")
+    issued = await svc_merchants.create_access_key(
+        svc, merchant_id, livemode=body.mode == "live", ip_allowlist=body.ip_allowlist,
+        description=body.description)
+    return {**issued.key, "secret": issued.secret}
