@@ -65,6 +65,15 @@ class _Capture:
         self.headers: dict[str, str] = {}
         self.chunks: list[bytes] = []
         self.started = False
+        # While an idempotency key is claimed, the response is held back until it is stored,
+        # so a client can never see an answer that a retry would not replay.
+        self.hold = False
+        self._held: list[Message] = []
+
+    async def flush(self) -> None:
+        held, self._held = self._held, []
+        for message in held:
+            await self._send(message)
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -75,6 +84,9 @@ class _Capture:
             message = {**message, "headers": raw}
         elif message["type"] == "http.response.body":
             self.chunks.append(message.get("body", b""))
+        if self.hold:
+            self._held.append(message)
+            return
         await self._send(message)
 
     @property
@@ -119,6 +131,7 @@ class Pipeline:
                     return
                 claim = outcome
                 state["idempotency"] = claim
+                cap.hold = claim is not None
             await self.app(scope, _replay_body(body, receive), cap)
             if claim is not None:
                 await self._settle_claim(claim, cap)
@@ -145,7 +158,11 @@ class Pipeline:
                     "Idempotency-Key", code="internal_error"), request_id)
         finally:
             if claim is not None:
-                await self.cfg.idempotency.release(claim.record_id)
+                try:
+                    await self.cfg.idempotency.release(claim.record_id)
+                except Exception:  # the database is gone: the lock times out instead
+                    log.exception("could not release an idempotency key")
+            await cap.flush()
             self._record(scope, cap, started, request_id, auth, ip, headers, body, error_code)
             structlog.contextvars.unbind_contextvars("request_id")
 

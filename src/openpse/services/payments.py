@@ -592,8 +592,9 @@ async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
 async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
                          reason: str | None = None) -> dict[str, Any]:
     if reason is not None and reason not in CANCELLATION_REASONS:
-        raise InvalidRequest(f"cancellation_reason must be one of {', '.join(CANCELLATION_REASONS)}",
-                             param="cancellation_reason")
+        raise InvalidRequest(
+            f"cancellation_reason must be one of {', '.join(CANCELLATION_REASONS)}",
+            param="cancellation_reason")
     now = svc.now()
     async with svc.db.transaction() as tx:
         row = await _lock(tx, caller, payment_id)

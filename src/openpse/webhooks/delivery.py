@@ -68,6 +68,7 @@ DEFAULT_MAX_PER_ENDPOINT = 20
 # lease that ran out while its attempt was still running would send the delivery twice.
 DEFAULT_LEASE_S = 60
 DEFAULT_LINGER_S = 0.25
+SENDER_SHARDS = 4
 QUEUE_GAUGES_EVERY_S = 5.0
 KEYRING_CACHE_ENTRIES = 1024
 MAX_ROUNDS_UNTIL_IDLE = 100_000
@@ -124,8 +125,9 @@ class DeliveryRunner:
         self._box = box
         self._allow_local = allow_local
         self._on_disable = on_disable
-        self._sender = sender
-        self._owns_sender = sender is None
+        self._senders: list[WebhookSender] = [] if sender is None else [sender]
+        self._owns_senders = sender is None
+        self._spawned = 0
         self._rng: UniformRandom = rng or Random()  # jitter, not a secret
         self._clock = clock
         self._worker_id = _secrets.token_hex(8)
@@ -187,9 +189,10 @@ class DeliveryRunner:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._sender is not None and self._owns_sender:
-            await self._sender.close()
-            self._sender = None
+        if self._owns_senders:
+            for sender in self._senders:
+                await sender.close()
+            self._senders = []
 
     # --- steps -----------------------------------------------------------------------------------
 
@@ -223,9 +226,7 @@ class DeliveryRunner:
             await asyncio.wait_for(self._wake.wait(), self.options.linger_s)
 
     async def _attempt(self, delivery: ClaimedDelivery, now_s: int) -> Outcome:
-        if self._sender is None:
-            self._sender = WebhookSender(timeout_s=self.options.attempt_timeout_s,
-                                         max_connections=self.options.max_in_flight)
+        sender = self._sender()
         try:
             signing_secrets = active_secrets(self._keyring(delivery), now_s=now_s)
         except DecryptionFailed:
@@ -237,9 +238,24 @@ class DeliveryRunner:
             return Outcome(delivery, result, now_s)
         body = delivery.payload.encode()
         headers = headers_for(signing_secrets, delivery.event_id, int(self._clock()), body)
-        result = await self._sender.send(delivery.url, body, headers, livemode=delivery.livemode,
+        result = await sender.send(delivery.url, body, headers, livemode=delivery.livemode,
                                          allow_local=self._allow_local)
         return Outcome(delivery, result, now_s)
+
+    def _sender(self) -> WebhookSender:
+        """The next of ``SENDER_SHARDS`` senders, in turn.
+
+        httpx's connection pool scans every connection and waiting request on each request
+        and response, so its cost per request grows with what one pool holds; a few smaller
+        pools keep it flat. Each keeps its own idle connections, so a receiver still sees at
+        most ``max_per_endpoint`` parallel connections from this worker.
+        """
+        if not self._senders:
+            self._senders = [WebhookSender(timeout_s=self.options.attempt_timeout_s,
+                                           max_connections=self.options.max_in_flight)
+                             for _ in range(SENDER_SHARDS)]
+        self._spawned += 1
+        return self._senders[self._spawned % len(self._senders)]
 
     def _keyring(self, delivery: ClaimedDelivery) -> list[SecretEntry]:
         key = (delivery.endpoint_id, delivery.secrets_enc)
