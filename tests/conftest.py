@@ -58,8 +58,9 @@ def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         if IN_CI:
-            pytest.exit(f"PostgreSQL at {PG_BASE_URL} is unreachable under CI=true: {exc}",
-                        returncode=3)
+            pytest.exit(
+                f"PostgreSQL at {PG_BASE_URL} is unreachable under CI=true: {exc}", returncode=3
+            )
         pytest.skip(f"PostgreSQL unreachable: {exc}")
     base = PG_BASE_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
@@ -71,8 +72,11 @@ def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def migrated_db(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    env = dict(os.environ, OPENPSE_MASTER_KEY=TEST_MASTER_KEY,
-               OPENPSE_DATA_DIR=str(tmp_path_factory.mktemp("migrate")))
+    env = dict(
+        os.environ,
+        OPENPSE_MASTER_KEY=TEST_MASTER_KEY,
+        OPENPSE_DATA_DIR=str(tmp_path_factory.mktemp("migrate")),
+    )
     res = run_cli(["migrate", "--database-url", db_url], env)
     assert res.returncode == 0, res.stderr
     return db_url
@@ -82,9 +86,13 @@ def migrated_db(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_settings(migrated_db: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from pydantic import SecretStr
 
-    return Settings(database_url=migrated_db, master_key=SecretStr(TEST_MASTER_KEY),
-                    data_dir=tmp_path_factory.mktemp("svc"), admin_token=SecretStr(TEST_ADMIN_TOKEN),
-                    allow_local_webhooks=True)
+    return Settings(
+        database_url=migrated_db,
+        master_key=SecretStr(TEST_MASTER_KEY),
+        data_dir=tmp_path_factory.mktemp("svc"),
+        admin_token=SecretStr(TEST_ADMIN_TOKEN),
+        allow_local_webhooks=True,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +105,9 @@ async def services(test_settings: Settings) -> AsyncIterator[Any]:
 
 
 def make_server(db_url: str, tmp: Path, **env: str) -> ServerProcess:
-    return ServerProcess(database_url=db_url, data_dir=tmp, log_file=tmp / "server.log",
-                         env_extra=env)
+    return ServerProcess(
+        database_url=db_url, data_dir=tmp, log_file=tmp / "server.log", env_extra=env
+    )
 
 
 @pytest.fixture(scope="session")
@@ -124,12 +133,14 @@ class MerchantKit:
         return OpenPSE(self.base_url, self.access_key, self.secret, **kw)
 
 
-async def new_merchant(services: Any, base_url: str, *, livemode: bool = False,
-                       approve: bool = False, **key_kw: Any) -> MerchantKit:
+async def new_merchant(
+    services: Any, base_url: str, *, livemode: bool = False, approve: bool = False, **key_kw: Any
+) -> MerchantKit:
     from openpse.services import merchants as m
 
-    merchant = await m.create_merchant(services, name=f"Shop {uuid.uuid4().hex[:6]}",
-                                       kyc_approved=approve or livemode)
+    merchant = await m.create_merchant(
+        services, name=f"Shop {uuid.uuid4().hex[:6]}", kyc_approved=approve or livemode
+    )
     issued = await m.create_access_key(services, merchant["id"], livemode=livemode, **key_kw)
     return MerchantKit(merchant["id"], issued.key["id"], issued.secret, base_url)
 

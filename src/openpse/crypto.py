@@ -56,7 +56,9 @@ class SecretBox:
             raw = base64.b64decode(body)
             return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode()).decode()
         except Exception as exc:  # wrong key, tampering, unknown version, garbage
-            raise DecryptionFailed("cannot decrypt: wrong key, altered or moved ciphertext") from exc
+            raise DecryptionFailed(
+                "cannot decrypt: wrong key, altered or moved ciphertext"
+            ) from exc
 
     def key_version_of(self, token: str) -> int:
         return int(token.partition(":")[0][1:])

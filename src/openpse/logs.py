@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ from openpse.domain.redaction import redact
 __all__ = ["configure_logging", "get_logger"]
 
 
-def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return redact(event_dict)  # type: ignore[no-any-return]
+def _redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> Mapping[str, Any]:
+    redacted: Mapping[str, Any] = redact(dict(event_dict))
+    return redacted
 
 
 def configure_logging(level: str = "INFO", log_file: Path | None = None) -> None:
-    stream = open(log_file, "a", buffering=1) if log_file else sys.stderr  # noqa: SIM115
+    stream = open(log_file, "a", buffering=1) if log_file else sys.stderr
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

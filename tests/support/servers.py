@@ -44,15 +44,17 @@ class ServerProcess:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "OPENPSE_DATABASE_URL": self.database_url,
-            "OPENPSE_DATA_DIR": str(self.data_dir),
-            "OPENPSE_MASTER_KEY": TEST_MASTER_KEY,
-            "OPENPSE_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
-            "OPENPSE_ALLOW_LOCAL_WEBHOOKS": "1",
-            "OPENPSE_LOG_FILE": str(self.log_file),
-            "OPENPSE_WORKER_POLL_INTERVAL_S": "0.1",
-        })
+        env.update(
+            {
+                "OPENPSE_DATABASE_URL": self.database_url,
+                "OPENPSE_DATA_DIR": str(self.data_dir),
+                "OPENPSE_MASTER_KEY": TEST_MASTER_KEY,
+                "OPENPSE_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+                "OPENPSE_ALLOW_LOCAL_WEBHOOKS": "1",
+                "OPENPSE_LOG_FILE": str(self.log_file),
+                "OPENPSE_WORKER_POLL_INTERVAL_S": "0.1",
+            }
+        )
         env.update(self.env_extra)
         return env
 
@@ -61,14 +63,17 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [openpse_bin(), "serve", "--port", str(self.port), *self.args],
-            env=self.env(), stdout=subprocess.DEVNULL,
-            stderr=open(self.data_dir / f"stderr-{self.port}.log", "ab"),  # noqa: SIM115
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.data_dir / f"stderr-{self.port}.log", "ab"),
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: "
-                                   + (self.data_dir / f"stderr-{self.port}.log").read_text()[-3000:])
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}: "
+                    + (self.data_dir / f"stderr-{self.port}.log").read_text()[-3000:]
+                )
             try:
                 if httpx.get(self.base_url + "/healthz", timeout=1.0).status_code == 200:
                     return self
@@ -93,6 +98,14 @@ class ServerProcess:
             self.proc.wait()
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([openpse_bin(), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [openpse_bin(), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )

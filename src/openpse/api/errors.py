@@ -131,7 +131,7 @@ def validation_error(exc: RequestValidationError) -> e.InvalidRequest:
     leaf = str(loc[-1]) if loc else ""
     if kind == "json_invalid":
         return e.InvalidRequest(
-            "the request body is not valid JSON: " + str(first.get("ctx", {}).get("error", "")),
+            "the request body is not valid JSON: " + _ctx_error(first),
             code="invalid_json",
         )
     if param is None:  # the body as a whole: absent, or not a JSON object
@@ -154,6 +154,11 @@ def validation_error(exc: RequestValidationError) -> e.InvalidRequest:
         msg = (f"{param} must be an integer in the currency's minor unit "
                "(JPY 1000 for ¥1,000; USD 1050 for $10.50), not a float or a string")
     return e.InvalidRequest(msg, code=code, param=param)
+
+
+def _ctx_error(first: Any) -> str:
+    ctx = first.get("ctx")
+    return str(ctx.get("error", "")) if isinstance(ctx, dict) else ""
 
 
 def request_id_of(request: Request) -> str | None:

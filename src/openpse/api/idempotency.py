@@ -66,8 +66,15 @@ class IdempotencyStore:
         self._lock_timeout_s = lock_timeout_s
 
     async def begin(
-        self, *, merchant_id: str, livemode: bool, key: str, method: str, path: str,
-        req_hash: str, now: int,
+        self,
+        *,
+        merchant_id: str,
+        livemode: bool,
+        key: str,
+        method: str,
+        path: str,
+        req_hash: str,
+        now: int,
     ) -> Claimed | Replay:
         scope = (
             (idempotency_keys.c.merchant_id == merchant_id)
@@ -79,9 +86,15 @@ class IdempotencyStore:
                 async with self._db.transaction() as tx:
                     res = await tx.execute(
                         insert(idempotency_keys).values(
-                            merchant_id=merchant_id, livemode=livemode, key=key,
-                            request_hash=req_hash, method=method, path=path,
-                            status="in_progress", locked_at=now, created=now,
+                            merchant_id=merchant_id,
+                            livemode=livemode,
+                            key=key,
+                            request_hash=req_hash,
+                            method=method,
+                            path=path,
+                            status="in_progress",
+                            locked_at=now,
+                            created=now,
                             expires_at=now + RETENTION_S,
                         )
                     )
@@ -96,7 +109,9 @@ class IdempotencyStore:
                 continue  # it was deleted (a 5xx) between our insert and read: try again
             if row.expires_at <= now:
                 async with self._db.transaction() as tx:
-                    await tx.execute(delete(idempotency_keys).where(idempotency_keys.c.id == row.id))
+                    await tx.execute(
+                        delete(idempotency_keys).where(idempotency_keys.c.id == row.id)
+                    )
                 continue
             return await self._existing(row, req_hash, now)
         raise IdempotencyFailure(
@@ -122,9 +137,11 @@ class IdempotencyStore:
         async with self._db.transaction() as tx:  # stale lock: take it over, compare-and-set
             res = await tx.execute(
                 update(idempotency_keys)
-                .where(idempotency_keys.c.id == row.id,
-                       idempotency_keys.c.locked_at == row.locked_at,
-                       idempotency_keys.c.status == "in_progress")
+                .where(
+                    idempotency_keys.c.id == row.id,
+                    idempotency_keys.c.locked_at == row.locked_at,
+                    idempotency_keys.c.status == "in_progress",
+                )
                 .values(locked_at=now)
             )
         if res.rowcount != 1:
@@ -142,8 +159,13 @@ class IdempotencyStore:
             await tx.execute(
                 update(idempotency_keys)
                 .where(idempotency_keys.c.id == record_id)
-                .values(status="completed", locked_at=None, response_status=status,
-                        response_headers=kept, response_body=body)
+                .values(
+                    status="completed",
+                    locked_at=None,
+                    response_status=status,
+                    response_headers=kept,
+                    response_body=body,
+                )
             )
 
     async def release(self, record_id: int) -> None:
@@ -157,5 +179,7 @@ class IdempotencyStore:
 
     async def purge(self, now: int) -> int:
         async with self._db.transaction() as tx:
-            res = await tx.execute(delete(idempotency_keys).where(idempotency_keys.c.expires_at < now))
+            res = await tx.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.expires_at < now)
+            )
         return int(res.rowcount or 0)

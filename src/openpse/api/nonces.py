@@ -31,7 +31,9 @@ class DatabaseNonceStore:
         try:
             async with self._db.transaction() as tx:
                 await tx.execute(
-                    insert(nonces).values(access_key_id=key_id, nonce=nonce, expires_at=now_s + ttl_s)
+                    insert(nonces).values(
+                        access_key_id=key_id, nonce=nonce, expires_at=now_s + ttl_s
+                    )
                 )
         except IntegrityError:
             return False

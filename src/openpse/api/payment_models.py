@@ -8,8 +8,15 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from openpse.api.models import Strict
 
-__all__ = ["CaptureIn", "CancelIn", "ConfirmIn", "PaymentCreate", "PaymentMethodIn",
-           "RefundCreate", "ThreeDSIn"]
+__all__ = [
+    "CancelIn",
+    "CaptureIn",
+    "ConfirmIn",
+    "PaymentCreate",
+    "PaymentMethodIn",
+    "RefundCreate",
+    "ThreeDSIn",
+]
 
 Str255 = Annotated[StrictStr, Field(max_length=255)]
 Metadata = Annotated[dict[StrictStr, StrictStr], Field(max_length=50)]

@@ -109,7 +109,8 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        peer = scope.get("client")[0] if scope.get("client") else None
+        client = scope.get("client")
+        peer = client[0] if client else None
         ip = client_ip(peer, headers.get("x-forwarded-for"), self.cfg.trusted_proxies)
         state["client_ip"] = ip
         extra = [(b"x-request-id", request_id.encode())]

@@ -55,7 +55,8 @@ class DomainError(Exception):
         self.extra: dict[str, Any] = extra or {}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, param={self.param!r}, message={self.message!r})"
+        name = type(self).__name__
+        return f"{name}(code={self.code!r}, param={self.param!r}, message={self.message!r})"
 
 
 class InvalidRequest(DomainError):

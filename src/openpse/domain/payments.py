@@ -18,9 +18,9 @@ __all__ = [
     "CANCELLATION_REASONS",
     "CAPTURE_METHODS",
     "EVENT_FOR_STATUS",
-    "Status",
     "TERMINAL",
     "TRANSITIONS",
+    "Status",
     "assert_transition",
     "can_transition",
 ]

@@ -161,8 +161,13 @@ async def create_access_key(
 ) -> IssuedKey:
     async with svc.db.transaction() as tx:
         return await _insert_key(
-            svc, tx, merchant_id, livemode=livemode, ip_allowlist=ip_allowlist,
-            description=description, rate_limit_per_s=rate_limit_per_s,
+            svc,
+            tx,
+            merchant_id,
+            livemode=livemode,
+            ip_allowlist=ip_allowlist,
+            description=description,
+            rate_limit_per_s=rate_limit_per_s,
         )
 
 
@@ -243,12 +248,18 @@ async def list_access_keys(
 
 
 async def rotate_access_key(
-    svc: Services, merchant_id: str, key_id: str, *, overlap_s: int = 86400,
+    svc: Services,
+    merchant_id: str,
+    key_id: str,
+    *,
+    overlap_s: int = 86400,
     livemode: bool | None = None,
 ) -> IssuedKey:
     """Issue a successor; the old key stays valid for ``overlap_s`` seconds, then expires."""
-    if not isinstance(overlap_s, int) or isinstance(overlap_s, bool) or not (
-        0 <= overlap_s <= MAX_ROTATION_OVERLAP_S
+    if (
+        not isinstance(overlap_s, int)
+        or isinstance(overlap_s, bool)
+        or not (0 <= overlap_s <= MAX_ROTATION_OVERLAP_S)
     ):
         raise InvalidRequest(
             f"overlap_seconds must be an integer from 0 to {MAX_ROTATION_OVERLAP_S}",
@@ -257,7 +268,9 @@ async def rotate_access_key(
     async with svc.db.transaction() as tx:
         old = await _load_key(tx, merchant_id, key_id, livemode)
         now = svc.now()
-        if old["status"] != "active" or (old["expires_at"] is not None and old["expires_at"] <= now):
+        if old["status"] != "active" or (
+            old["expires_at"] is not None and old["expires_at"] <= now
+        ):
             raise Conflict(f"access key {key_id} is not active", code="key_not_active")
         if old["replaced_by"] is not None:
             raise Conflict(
@@ -265,8 +278,12 @@ async def rotate_access_key(
                 code="key_already_rotated",
             )
         issued = await _insert_key(
-            svc, tx, merchant_id, livemode=bool(old["livemode"]),
-            ip_allowlist=old["ip_allowlist"], description=old["description"],
+            svc,
+            tx,
+            merchant_id,
+            livemode=bool(old["livemode"]),
+            ip_allowlist=old["ip_allowlist"],
+            description=old["description"],
             rate_limit_per_s=old["rate_limit_per_s"],
         )
         await tx.execute(
@@ -291,7 +308,9 @@ async def revoke_access_key(
         await tx.execute(
             update(access_keys)
             .where(access_keys.c.id == key_id, access_keys.c.status != "revoked")
-            .values(status="revoked", revoked_at=now, updated=now, version=access_keys.c.version + 1)
+            .values(
+                status="revoked", revoked_at=now, updated=now, version=access_keys.c.version + 1
+            )
         )
         row = await _load_key(tx, merchant_id, key_id)
     return key_view(row, now)
@@ -324,14 +343,15 @@ async def update_access_key(
     return key_view(row, now)
 
 
-async def set_key_rate_limit(
-    svc: Services, key_id: str, rate_limit_per_s: int | None
-) -> None:
+async def set_key_rate_limit(svc: Services, key_id: str, rate_limit_per_s: int | None) -> None:
     """Operator: give one key its own rate (None = the server default, 0 = unlimited)."""
     async with svc.db.transaction() as tx:
         await tx.execute(
             update(access_keys)
             .where(access_keys.c.id == key_id)
-            .values(rate_limit_per_s=rate_limit_per_s, updated=svc.now(),
-                    version=access_keys.c.version + 1)
+            .values(
+                rate_limit_per_s=rate_limit_per_s,
+                updated=svc.now(),
+                version=access_keys.c.version + 1,
+            )
         )

@@ -205,14 +205,15 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
             "captured_at": None, "canceled_at": None, "created": now, "updated": now,
             "version": 1,
         }
+        payment_id = str(row["id"])
         await tx.execute(insert(payments).values(**row))
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="payment.created",
                            obj=payment_view(row), previous=None, now=now)
-        await _recovery_point(tx, caller, row["id"])
+        await _recovery_point(tx, caller, payment_id)
     if p.get("confirm"):
         cvc = card.cvc if card and isinstance(card.cvc, str) else None
-        return await confirm_payment(svc, caller, row["id"], cvc=cvc), 201
+        return await confirm_payment(svc, caller, payment_id, cvc=cvc), 201
     return payment_view(row), 201
 
 

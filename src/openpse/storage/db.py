@@ -33,7 +33,7 @@ Tx = AsyncConnection
 
 
 class Database:
-    """Owns the engines. ``transaction()`` is the unit of work: commit on success, else roll back."""
+    """Owns the engines. ``transaction()`` is the unit of work: commit, or roll back on error."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -43,11 +43,16 @@ class Database:
         if self.is_sqlite:
             # One long-lived writer connection (the single writer), a few readers. Opening a
             # connection per unit of work costs a thread and the PRAGMAs each time.
-            self.engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0,
-                                              pool_timeout=SQLITE_POOL_TIMEOUT_S)
-            self.read_engine = create_async_engine(url, echo=echo, pool_size=SQLITE_READERS,
-                                                   max_overflow=0,
-                                                   pool_timeout=SQLITE_POOL_TIMEOUT_S)
+            self.engine = create_async_engine(
+                url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S
+            )
+            self.read_engine = create_async_engine(
+                url,
+                echo=echo,
+                pool_size=SQLITE_READERS,
+                max_overflow=0,
+                pool_timeout=SQLITE_POOL_TIMEOUT_S,
+            )
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
         else:

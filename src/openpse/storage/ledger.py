@@ -21,10 +21,12 @@ from openpse.storage.tables import journals, ledger_accounts, postings
 __all__ = ["VerifyReport", "balances_for", "post_journal", "verify_ledger"]
 
 
-async def _account_id(tx: Tx, owner: str | None, livemode: bool, currency: str, kind: str,
-                      now: int) -> int:
+async def _account_id(
+    tx: Tx, owner: str | None, livemode: bool, currency: str, kind: str, now: int
+) -> int:
     cond = and_(
-        ledger_accounts.c.merchant_id.is_(None) if owner is None
+        ledger_accounts.c.merchant_id.is_(None)
+        if owner is None
         else ledger_accounts.c.merchant_id == owner,
         ledger_accounts.c.livemode == livemode,
         ledger_accounts.c.currency == currency,
@@ -35,9 +37,16 @@ async def _account_id(tx: Tx, owner: str | None, livemode: bool, currency: str, 
         return int(row.id)
     try:
         async with tx.begin_nested():
-            res = await tx.execute(insert(ledger_accounts).values(
-                merchant_id=owner, livemode=livemode, currency=currency, kind=kind, balance=0,
-                created=now))
+            res = await tx.execute(
+                insert(ledger_accounts).values(
+                    merchant_id=owner,
+                    livemode=livemode,
+                    currency=currency,
+                    kind=kind,
+                    balance=0,
+                    created=now,
+                )
+            )
             pk = res.inserted_primary_key
             assert pk is not None
             return int(pk[0])
@@ -48,35 +57,62 @@ async def _account_id(tx: Tx, owner: str | None, livemode: bool, currency: str, 
 
 
 async def post_journal(
-    tx: Tx, *, merchant_id: str | None, livemode: bool, kind: str, reference_id: str,
-    entries: list[Posting], now: int,
+    tx: Tx,
+    *,
+    merchant_id: str | None,
+    livemode: bool,
+    kind: str,
+    reference_id: str,
+    entries: list[Posting],
+    now: int,
 ) -> str:
     """Write one balanced journal. Raises before writing anything if it does not balance."""
     check_balanced(entries)
     journal_id = new_id("jnl_")
-    await tx.execute(insert(journals).values(
-        id=journal_id, merchant_id=merchant_id, livemode=livemode, kind=kind,
-        reference_id=reference_id, created=now))
+    await tx.execute(
+        insert(journals).values(
+            id=journal_id,
+            merchant_id=merchant_id,
+            livemode=livemode,
+            kind=kind,
+            reference_id=reference_id,
+            created=now,
+        )
+    )
     deltas: dict[int, int] = defaultdict(int)
     rows = []
     for p in entries:
         acct = await _account_id(tx, p.owner, livemode, p.currency, p.kind, now)
         deltas[acct] += p.amount
-        rows.append({"journal_id": journal_id, "account_id": acct, "currency": p.currency,
-                     "amount": p.amount})
+        rows.append(
+            {
+                "journal_id": journal_id,
+                "account_id": acct,
+                "currency": p.currency,
+                "amount": p.amount,
+            }
+        )
     await tx.execute(insert(postings), rows)
     for acct, delta in sorted(deltas.items()):  # fixed order: no deadlocks between journals
         if delta:
-            await tx.execute(update(ledger_accounts).where(ledger_accounts.c.id == acct)
-                             .values(balance=ledger_accounts.c.balance + delta))
+            await tx.execute(
+                update(ledger_accounts)
+                .where(ledger_accounts.c.id == acct)
+                .values(balance=ledger_accounts.c.balance + delta)
+            )
     return journal_id
 
 
 async def balances_for(conn: Tx, merchant_id: str, livemode: bool) -> dict[tuple[str, str], int]:
-    rows = (await conn.execute(
-        select(ledger_accounts.c.kind, ledger_accounts.c.currency, ledger_accounts.c.balance)
-        .where(ledger_accounts.c.merchant_id == merchant_id,
-               ledger_accounts.c.livemode == livemode))).all()
+    rows = (
+        await conn.execute(
+            select(
+                ledger_accounts.c.kind, ledger_accounts.c.currency, ledger_accounts.c.balance
+            ).where(
+                ledger_accounts.c.merchant_id == merchant_id, ledger_accounts.c.livemode == livemode
+            )
+        )
+    ).all()
     return {(r.kind, r.currency): int(r.balance) for r in rows}
 
 
@@ -92,8 +128,13 @@ class VerifyReport:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "journals": self.journals, "postings": self.postings,
-                "accounts": self.accounts, "problems": self.problems}
+        return {
+            "ok": self.ok,
+            "journals": self.journals,
+            "postings": self.postings,
+            "accounts": self.accounts,
+            "problems": self.problems,
+        }
 
 
 MAX_PROBLEMS_LISTED = 50
@@ -103,32 +144,58 @@ async def verify_ledger(conn: Tx) -> VerifyReport:
     """Every journal balances per currency; every account's balance equals the sum of its
     postings; all accounts together sum to zero per (mode, currency). Aggregates run in SQL."""
     rep = VerifyReport()
-    rep.journals = int((await conn.execute(select(func.count()).select_from(journals))).scalar_one())
-    rep.postings = int((await conn.execute(select(func.count()).select_from(postings))).scalar_one())
+    rep.journals = int(
+        (await conn.execute(select(func.count()).select_from(journals))).scalar_one()
+    )
+    rep.postings = int(
+        (await conn.execute(select(func.count()).select_from(postings))).scalar_one()
+    )
     rep.accounts = int(
-        (await conn.execute(select(func.count()).select_from(ledger_accounts))).scalar_one())
-    unbalanced = (await conn.execute(
-        select(postings.c.journal_id, postings.c.currency, func.sum(postings.c.amount))
-        .group_by(postings.c.journal_id, postings.c.currency)
-        .having(func.sum(postings.c.amount) != 0).limit(MAX_PROBLEMS_LISTED))).all()
+        (await conn.execute(select(func.count()).select_from(ledger_accounts))).scalar_one()
+    )
+    unbalanced = (
+        await conn.execute(
+            select(postings.c.journal_id, postings.c.currency, func.sum(postings.c.amount))
+            .group_by(postings.c.journal_id, postings.c.currency)
+            .having(func.sum(postings.c.amount) != 0)
+            .limit(MAX_PROBLEMS_LISTED)
+        )
+    ).all()
     rep.problems += [f"journal {j} does not balance in {c}: {s}" for j, c, s in unbalanced]
-    empty = (await conn.execute(
-        select(journals.c.id).where(~journals.c.id.in_(select(postings.c.journal_id).distinct()))
-        .limit(MAX_PROBLEMS_LISTED))).all()
+    empty = (
+        await conn.execute(
+            select(journals.c.id)
+            .where(~journals.c.id.in_(select(postings.c.journal_id).distinct()))
+            .limit(MAX_PROBLEMS_LISTED)
+        )
+    ).all()
     rep.problems += [f"journal {r.id} has no postings" for r in empty]
-    sums = select(postings.c.account_id, func.sum(postings.c.amount).label("s")).group_by(
-        postings.c.account_id).subquery()
-    drift = (await conn.execute(
-        select(ledger_accounts.c.id, ledger_accounts.c.balance, sums.c.s)
-        .select_from(ledger_accounts.outerjoin(sums, sums.c.account_id == ledger_accounts.c.id))
-        .where(ledger_accounts.c.balance != func.coalesce(sums.c.s, 0))
-        .limit(MAX_PROBLEMS_LISTED))).all()
+    sums = (
+        select(postings.c.account_id, func.sum(postings.c.amount).label("s"))
+        .group_by(postings.c.account_id)
+        .subquery()
+    )
+    drift = (
+        await conn.execute(
+            select(ledger_accounts.c.id, ledger_accounts.c.balance, sums.c.s)
+            .select_from(ledger_accounts.outerjoin(sums, sums.c.account_id == ledger_accounts.c.id))
+            .where(ledger_accounts.c.balance != func.coalesce(sums.c.s, 0))
+            .limit(MAX_PROBLEMS_LISTED)
+        )
+    ).all()
     rep.problems += [f"account {a} balance {b} != sum of postings {s or 0}" for a, b, s in drift]
-    totals = (await conn.execute(
-        select(ledger_accounts.c.livemode, ledger_accounts.c.currency,
-               func.sum(ledger_accounts.c.balance))
-        .group_by(ledger_accounts.c.livemode, ledger_accounts.c.currency)
-        .having(func.sum(ledger_accounts.c.balance) != 0))).all()
-    rep.problems += [f"accounts ({'live' if m else 'test'}, {c}) sum to {s}, not zero"
-                     for m, c, s in totals]
+    totals = (
+        await conn.execute(
+            select(
+                ledger_accounts.c.livemode,
+                ledger_accounts.c.currency,
+                func.sum(ledger_accounts.c.balance),
+            )
+            .group_by(ledger_accounts.c.livemode, ledger_accounts.c.currency)
+            .having(func.sum(ledger_accounts.c.balance) != 0)
+        )
+    ).all()
+    rep.problems += [
+        f"accounts ({'live' if m else 'test'}, {c}) sum to {s}, not zero" for m, c, s in totals
+    ]
     return rep

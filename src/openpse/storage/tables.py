@@ -40,6 +40,8 @@ metadata = MetaData(
 )
 
 ID = 64
+# SQLite autoincrements only an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
+BIGINT_PK = BigInteger().with_variant(Integer, "sqlite")
 
 
 def _stamps() -> list[Column]:
@@ -94,7 +96,7 @@ nonces = Table(
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", BIGINT_PK, primary_key=True, autoincrement=True),
     Column("merchant_id", String(ID), nullable=False),
     Column("livemode", Boolean, nullable=False),
     Column("key", String(255), nullable=False),
@@ -174,7 +176,7 @@ payments = Table(
     Column("return_url", String(2048)),
     Column("metadata", JSON, nullable=False),
     Column("payment_method_type", String(32)),
-    Column("payment_method", JSON),  # the safe view: brand, last4, expiry, fingerprint, country, token
+    Column("payment_method", JSON),  # the safe view: brand, last4, expiry, fingerprint, country
     Column("payment_method_id", String(ID)),  # pm_ in the vault
     Column("failure_code", String(64)),
     Column("failure_message", String(500)),
@@ -275,7 +277,7 @@ events = Table(
 ledger_accounts = Table(
     "ledger_accounts",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", BIGINT_PK, primary_key=True, autoincrement=True),
     Column("merchant_id", String(ID)),  # null for platform accounts
     Column("livemode", Boolean, nullable=False),
     Column("currency", String(3), nullable=False),
@@ -300,7 +302,7 @@ journals = Table(
 postings = Table(
     "postings",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", BIGINT_PK, primary_key=True, autoincrement=True),
     Column("journal_id", String(ID), ForeignKey("journals.id"), nullable=False, index=True),
     Column("account_id", BigInteger, ForeignKey("ledger_accounts.id"), nullable=False, index=True),
     Column("currency", String(3), nullable=False),

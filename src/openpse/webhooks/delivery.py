@@ -68,7 +68,7 @@ DEFAULT_MAX_PER_ENDPOINT = 20
 # lease that ran out while its attempt was still running would send the delivery twice.
 DEFAULT_LEASE_S = 60
 DEFAULT_LINGER_S = 0.25
-SENDER_SHARDS = 4
+SENDER_SHARDS = 8
 QUEUE_GAUGES_EVERY_S = 5.0
 KEYRING_CACHE_ENTRIES = 1024
 MAX_ROUNDS_UNTIL_IDLE = 100_000

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
+from starlette.responses import Response
 
 from openpse.api.deps import CallerDep, ListParamsDep, ServicesDep
 from openpse.api.errors import JSON_CONTENT_TYPE, json_bytes
@@ -14,12 +15,13 @@ from openpse.services import payments as svc_payments
 from openpse.services.views import payment_view
 from openpse.storage.rows import apply_page, page_result, row_dict
 from openpse.storage.tables import payments
-from starlette.responses import Response
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
-DECLINE = {402: {"description": "card_error: declined; error.payment holds the failed payment"}}
-STATE = {409: {"description": "payment_invalid_state"}}
+DECLINE: dict[int | str, dict[str, Any]] = {
+    402: {"description": "card_error: declined; error.payment holds the failed payment"}
+}
+STATE: dict[int | str, dict[str, Any]] = {409: {"description": "payment_invalid_state"}}
 
 
 def _card(pm: Any) -> svc_payments.CardInput | None:

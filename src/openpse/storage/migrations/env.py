@@ -14,7 +14,7 @@ config = context.config
 target_metadata = metadata
 
 
-def _do_run(connection) -> None:  # type: ignore[no-untyped-def]
+def _do_run(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
