@@ -10,9 +10,10 @@ Tuning (environment, all optional):
 
 - ``OPENPSE_WEBHOOK_CLAIM_LEASE_S`` (default 60): how long a claimed delivery is held before
   another worker may take it over; a worker killed mid-send delays its deliveries by at most
-  this. Attempts are cut at half the lease (and at 15 s), so a lease never runs out under a live
-  attempt. Lower it only for tests.
+  this. Attempts are cut at a third of the lease (and at 15 s), so a lease never runs out under
+  a live attempt. Lower it only for tests.
 - ``OPENPSE_WEBHOOK_MAX_IN_FLIGHT`` (default 100): concurrent attempts per worker.
+- ``OPENPSE_WEBHOOK_MAX_PER_ENDPOINT`` (default 20): concurrent attempts to one endpoint.
 - ``OPENPSE_WEBHOOK_BATCH_SIZE`` (default 200): most deliveries claimed per step.
 """
 
@@ -29,6 +30,7 @@ from openpse.webhooks.delivery import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEASE_S,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_PER_ENDPOINT,
     DeliveryOptions,
     DeliveryRunner,
 )
@@ -39,12 +41,14 @@ __all__ = ["DeliveryTuning", "build_runner", "jobs"]
 class DeliveryTuning(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENPSE_WEBHOOK_", extra="ignore")
 
-    claim_lease_s: int = Field(default=DEFAULT_LEASE_S, ge=2, le=3600)
+    claim_lease_s: int = Field(default=DEFAULT_LEASE_S, ge=3, le=3600)
     max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=10_000)
+    max_per_endpoint: int = Field(default=DEFAULT_MAX_PER_ENDPOINT, ge=1, le=10_000)
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=10_000)
 
     def options(self) -> DeliveryOptions:
         return DeliveryOptions(batch_size=self.batch_size, max_in_flight=self.max_in_flight,
+                               max_per_endpoint=min(self.max_per_endpoint, self.max_in_flight),
                                lease_s=self.claim_lease_s)
 
 

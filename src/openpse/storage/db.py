@@ -30,6 +30,8 @@ PG_POOL_OVERFLOW = 10
 PG_STATEMENT_TIMEOUT_MS = 30_000
 
 Tx = AsyncConnection
+# Key of ``conn.info`` holding facts valid for one transaction only (cleared at each begin).
+TX_SCOPED_INFO = "openpse_tx"
 
 
 class Database:
@@ -76,9 +78,11 @@ class Database:
         """A write transaction. Everything done on the yielded connection commits together."""
         if self.is_sqlite:
             async with self._write_lock, self.engine.begin() as conn:
+                conn.info.pop(TX_SCOPED_INFO, None)
                 yield conn
         else:
             async with self.engine.begin() as conn:
+                conn.info.pop(TX_SCOPED_INFO, None)
                 yield conn
 
     @asynccontextmanager

@@ -15,15 +15,28 @@ from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
-from openpse.storage.db import Tx
+from openpse.storage.db import TX_SCOPED_INFO, Tx
 from openpse.storage.tables import journals, ledger_accounts, postings
 
 __all__ = ["VerifyReport", "balances_for", "post_journal", "verify_ledger"]
 
 
+# Account ids never change once committed, so each process remembers them: a journal then
+# costs no lookups. Only ids read back (never ones created in a transaction that might still
+# roll back) are remembered; the cache is per database and bounded.
+_ACCOUNT_IDS: dict[tuple[str, str | None, bool, str, str], int] = {}
+MAX_CACHED_ACCOUNTS = 200_000
+
+
 async def _account_id(
     tx: Tx, owner: str | None, livemode: bool, currency: str, kind: str, now: int
 ) -> int:
+    key = (str(tx.engine.url), owner, livemode, currency, kind)
+    cached = _ACCOUNT_IDS.get(key)
+    if cached is not None:
+        return cached
+    scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
+    created_here: set[Any] = scoped.setdefault("new_accounts", set())
     cond = and_(
         ledger_accounts.c.merchant_id.is_(None)
         if owner is None
@@ -34,7 +47,12 @@ async def _account_id(
     )
     row = (await tx.execute(select(ledger_accounts.c.id).where(cond))).first()
     if row is not None:
+        if key not in created_here:
+            if len(_ACCOUNT_IDS) >= MAX_CACHED_ACCOUNTS:
+                _ACCOUNT_IDS.clear()
+            _ACCOUNT_IDS[key] = int(row.id)
         return int(row.id)
+    created_here.add(key)
     try:
         async with tx.begin_nested():
             res = await tx.execute(

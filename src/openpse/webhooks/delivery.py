@@ -4,11 +4,13 @@
 ``max_in_flight`` attempts on the wire (at most ``max_per_endpoint`` to any one endpoint):
 
 1. in one transaction, record the attempts that finished since the last step (attempt rows,
-   delivery states, endpoint health, endpoints to disable) and claim as many due deliveries as
-   there is room for (``outbox.claim_due``, with a lease);
-2. start an attempt for each (one shared ``WebhookSender``: pooled connections, SSRF check and
-   address pinning at send time, 15 s total timeout, capped read, no redirects);
-3. wait until half of what is in flight has finished, or ``linger_s``.
+   delivery states, endpoint health, endpoints to disable) and claim due deliveries
+   (``outbox.claim_due``, with a lease): up to ``QUEUE_FACTOR`` times what can run at once, so
+   that a slot freed while the database is busy is refilled at once from the local queue;
+2. start an attempt for each that has a free slot (one of a few shared ``WebhookSender``s:
+   pooled connections, SSRF check and address pinning at send time, 15 s total timeout,
+   capped read, no redirects); a finished attempt starts the next queued one;
+3. wait until half of what is held has finished, or ``linger_s``.
 
 Attempts still running when a step returns (a slow receiver) carry on and are recorded by a
 later step, so one slow endpoint never holds up the others. The body sent is the event's stored
@@ -27,7 +29,7 @@ import contextlib
 import functools
 import secrets as _secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from random import Random
@@ -64,11 +66,17 @@ DEFAULT_MAX_IN_FLIGHT = 100
 # Parallel attempts to one endpoint per worker: the sender keeps 20 idle connections, and a
 # merchant's receiver should not see a flood of parallel requests from one worker.
 DEFAULT_MAX_PER_ENDPOINT = 20
-# A claim outlives the longest attempt (15 s) plus the time to record it, with a wide margin: a
-# lease that ran out while its attempt was still running would send the delivery twice.
+# A claim outlives the longest wait in the local queue plus the longest attempt (2 x 15 s) and
+# the time to record it, with a wide margin: a lease that ran out while its attempt was still
+# running would send the delivery twice.
 DEFAULT_LEASE_S = 60
 DEFAULT_LINGER_S = 0.25
 SENDER_SHARDS = 8
+# A worker claims up to this many times what it can run at once (per endpoint and in all), so
+# the next attempts are ready when a slot frees up, without waiting for the database. A queued
+# delivery waits for at most one attempt ahead of it, so with attempts cut at a third of the
+# lease it is sent and recorded well inside its claim.
+QUEUE_FACTOR = 2
 QUEUE_GAUGES_EVERY_S = 5.0
 KEYRING_CACHE_ENTRIES = 1024
 MAX_ROUNDS_UNTIL_IDLE = 100_000
@@ -94,15 +102,15 @@ class DeliveryOptions:
             raise ValueError("max_in_flight must be in [1, 10000]")
         if not 1 <= self.max_per_endpoint <= self.max_in_flight:
             raise ValueError("max_per_endpoint must be in [1, max_in_flight]")
-        if not 2 <= self.lease_s <= 3600:
-            raise ValueError("lease_s must be in [2, 3600]")
+        if not 3 <= self.lease_s <= 3600:
+            raise ValueError("lease_s must be in [3, 3600]")
         if not 0 < self.linger_s <= 60:
             raise ValueError("linger_s must be in (0, 60]")
 
     @property
     def attempt_timeout_s(self) -> float:
-        """At most the contract's 15 s, and well inside the lease (a short test lease)."""
-        return min(DELIVERY_TIMEOUT_S, self.lease_s / 2)
+        """At most the contract's 15 s, and a third of the lease (see ``QUEUE_FACTOR``)."""
+        return min(DELIVERY_TIMEOUT_S, self.lease_s / 3)
 
 
 class DeliveryRunner:
@@ -127,16 +135,19 @@ class DeliveryRunner:
         self._on_disable = on_disable
         self._senders: list[WebhookSender] = [] if sender is None else [sender]
         self._owns_senders = sender is None
-        self._spawned = 0
         self._rng: UniformRandom = rng or Random()  # jitter, not a secret
         self._clock = clock
         self._worker_id = _secrets.token_hex(8)
         self._rounds = 0
+        self._spawned = 0
         self._tasks: set[asyncio.Task[Outcome]] = set()
+        # Claimed and not yet finished, per endpoint: running plus queued for a free slot.
+        self._held: Counter[str] = Counter()
+        self._running: Counter[str] = Counter()
+        self._queued: dict[str, deque[tuple[ClaimedDelivery, int]]] = {}
         self._finished: list[Outcome] = []
         self._wake = asyncio.Event()
         self._want = 0
-        self._per_endpoint: Counter[str] = Counter()
         self._keyrings: dict[tuple[str, str], list[SecretEntry]] = {}
         self._gauges_due_s = 0.0
 
@@ -147,29 +158,33 @@ class DeliveryRunner:
     async def run_once(self, now_s: int) -> int:
         """One pipeline step; returns attempts recorded plus deliveries claimed (0: idle)."""
         finished, self._finished = self._finished, []
-        room = min(self.options.max_in_flight - len(self._tasks), self.options.batch_size)
+        o = self.options
+        room = min(o.batch_size, QUEUE_FACTOR * o.max_in_flight - sum(self._held.values()))
         self._rounds += 1
-        token = f"{self._worker_id}:{self._rounds}"
         claimed: list[ClaimedDelivery] = []
         try:
             async with self._db.transaction() as tx:
                 summary = await self._record(tx, finished)
                 if room > 0:
                     claimed = await claim_due(
-                        tx, now_s=now_s, limit=room, lease_s=self.options.lease_s, token=token,
-                        max_per_endpoint=self.options.max_per_endpoint,
-                        in_flight=self._per_endpoint)
+                        tx, now_s=now_s, limit=room, lease_s=o.lease_s,
+                        token=f"{self._worker_id}:{self._rounds}",
+                        max_per_endpoint=QUEUE_FACTOR * o.max_per_endpoint,
+                        in_flight=self._held)
         except Exception:
             # Kept for the next step while their claims last; past that, another worker may
             # have re-sent them and recording is pointless (the token no longer matches).
-            self._finished = [o for o in finished
-                              if o.sent_at_s + self.options.lease_s > now_s] + self._finished
+            self._finished = [x for x in finished if x.sent_at_s + o.lease_s > now_s] + \
+                self._finished
             raise
         self._observe(finished, summary)
         for delivery in claimed:
-            self._spawn(delivery, now_s)
-        if self._tasks:
-            await self._wait_for(max(1, len(self._tasks) // 2))
+            self._held[delivery.endpoint_id] += 1
+            self._queued.setdefault(delivery.endpoint_id, deque()).append((delivery, now_s))
+        self._start_queued()
+        held = sum(self._held.values())
+        if held:
+            await self._wait_for(max(1, held // 2))
         await self._publish_queue(now_s)
         return len(finished) + len(claimed)
 
@@ -179,11 +194,13 @@ class DeliveryRunner:
         for _ in range(MAX_ROUNDS_UNTIL_IDLE):
             done = await self.run_once(now_s)
             total += done
-            if done == 0 and not self._tasks and not self._finished:
+            if done == 0 and not self._held and not self._finished:
                 return total
         raise RuntimeError("delivery did not become idle")
 
     async def close(self) -> None:
+        """Stop: running attempts are cancelled, queued ones dropped (their leases run out)."""
+        self._queued.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -196,17 +213,32 @@ class DeliveryRunner:
 
     # --- steps -----------------------------------------------------------------------------------
 
+    def _start_queued(self) -> None:
+        """Start queued deliveries while slots are free (per endpoint and in all)."""
+        o = self.options
+        for endpoint_id in list(self._queued):
+            waiting = self._queued[endpoint_id]
+            while (waiting and len(self._tasks) < o.max_in_flight
+                   and self._running[endpoint_id] < o.max_per_endpoint):
+                delivery, now_s = waiting.popleft()
+                self._spawn(delivery, now_s)
+            if not waiting:
+                del self._queued[endpoint_id]
+            if len(self._tasks) >= o.max_in_flight:
+                return
+
     def _spawn(self, delivery: ClaimedDelivery, now_s: int) -> None:
         task = asyncio.get_running_loop().create_task(self._attempt(delivery, now_s))
         self._tasks.add(task)
-        self._per_endpoint[delivery.endpoint_id] += 1
+        self._running[delivery.endpoint_id] += 1
         task.add_done_callback(functools.partial(self._on_done, delivery.endpoint_id))
 
     def _on_done(self, endpoint_id: str, task: asyncio.Task[Outcome]) -> None:
         self._tasks.discard(task)
-        self._per_endpoint[endpoint_id] -= 1
-        if self._per_endpoint[endpoint_id] <= 0:
-            del self._per_endpoint[endpoint_id]
+        for counter in (self._running, self._held):
+            counter[endpoint_id] -= 1
+            if counter[endpoint_id] <= 0:
+                del counter[endpoint_id]
         if task.cancelled():
             return
         exc = task.exception()
@@ -214,7 +246,8 @@ class DeliveryRunner:
             log.error("webhook attempt crashed", error=repr(exc))
         else:
             self._finished.append(task.result())
-        if len(self._finished) >= self._want or not self._tasks:
+        self._start_queued()
+        if len(self._finished) >= self._want or not self._held:
             self._wake.set()
 
     async def _wait_for(self, count: int) -> None:
@@ -239,7 +272,7 @@ class DeliveryRunner:
         body = delivery.payload.encode()
         headers = headers_for(signing_secrets, delivery.event_id, int(self._clock()), body)
         result = await sender.send(delivery.url, body, headers, livemode=delivery.livemode,
-                                         allow_local=self._allow_local)
+                                   allow_local=self._allow_local)
         return Outcome(delivery, result, now_s)
 
     def _sender(self) -> WebhookSender:
