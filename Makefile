@@ -20,6 +20,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src sdk tests bench examples
 	$(BIN)/mypy
+	$(BIN)/mypy --strict sdk/openpse_sdk
 	$(BIN)/lint-imports
 
 test: $(STAMP)

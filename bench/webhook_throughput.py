@@ -1,19 +1,21 @@
 """Webhook delivery throughput and enqueue-to-2xx latency against a local receiver.
 
-    python bench/webhook_throughput.py --events 5000                      # embedded SQLite
-    python bench/webhook_throughput.py --events 5000 \
+    python bench/webhook_throughput.py --uvloop                           # embedded SQLite
+    python bench/webhook_throughput.py --uvloop --workers 2 \
         --database-url postgresql://postgres@127.0.0.1:5432/test          # a fresh PG database
 
-Two phases, each on a fresh database, with the delivery job (``DeliveryRunner``) running
-in-process exactly as ``openpse worker`` runs it, and the receiver in a separate process (a
-minimal HTTP/1.1 server that answers 200 and notes when each ``webhook-id`` first arrived):
+Each phase runs on a fresh database; the receiver is a separate process (a minimal HTTP/1.1
+server that answers 200 and notes when each ``webhook-id`` first arrived); the delivery job is
+``DeliveryRunner`` configured by ``build_runner``, exactly what ``openpse worker`` runs.
 
 1. backlog: ``--events`` events are committed first (one transactional-outbox delivery each),
-   then the job drains them; deliveries/s = events / drain time.
+   then ``--workers`` worker processes drain them; deliveries/s = events / (last arrival - go).
 2. steady: events are committed at ``--rate`` per second (in transactions of 10) while the job
-   runs; enqueue-to-2xx latency = receiver arrival - the commit of the event's transaction.
+   runs in-process; enqueue-to-2xx latency = receiver arrival - commit of the event's
+   transaction (p50, p99, max).
 
-Prints one JSON line per phase.
+``--uvloop`` runs the job on uvloop, as it runs inside ``openpse serve`` (uvicorn picks uvloop);
+``openpse worker`` runs on the default asyncio loop. Prints one JSON line per phase.
 """
 
 from __future__ import annotations
@@ -169,23 +171,69 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def backlog(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, Any]:
-    from openpse.services.webhook_delivery import build_runner
+def _worker_main(url: str, tmp: str, go: Any, done: Any, use_uvloop: bool) -> None:
+    """One delivery worker process: what ``openpse worker`` runs, until the queue is empty."""
 
+    async def run() -> None:
+        from pydantic import SecretStr
+
+        from openpse.bootstrap import build_services
+        from openpse.config import Settings
+        from openpse.services.webhook_delivery import build_runner
+
+        svc = build_services(Settings(database_url=url, master_key=SecretStr(MASTER_KEY),
+                                      data_dir=Path(tmp), allow_local_webhooks=True))
+        runner = build_runner(svc)
+        go.wait()
+        idle_since = None
+        while idle_since is None or time.monotonic() - idle_since < 1.0:
+            if await runner.run_once(int(time.time())) == 0 and runner.in_flight == 0:
+                idle_since = idle_since or time.monotonic()
+                await asyncio.sleep(WORKER_POLL_S)
+            else:
+                idle_since = None
+        await runner.close()
+        await svc.db.dispose()
+        done.set()
+
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+async def backlog(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, Any]:
     _receiver_get(port, "/reset")
     async with _fresh_services(args.database_url, tmp) as svc:
         caller = await _setup(svc, port)
         for start in range(0, args.events, 500):
             await _emit(svc, caller, min(500, args.events - start))
-        runner = build_runner(svc)
-        started = time.perf_counter()
-        await runner.run_until_idle(int(time.time()))
-        elapsed_s = time.perf_counter() - started
-        await runner.close()
-    received = len(_receiver_get(port, "/stats"))
-    return {"phase": "backlog", "backend": svc.db.dialect, "events": args.events,
-            "received": received, "seconds": round(elapsed_s, 2),
-            "deliveries_per_s": round(args.events / elapsed_s)}
+        ctx = mp.get_context("spawn")
+        go = ctx.Event()
+        workers = []
+        for _ in range(args.workers):
+            done = ctx.Event()
+            proc = ctx.Process(target=_worker_main,
+                               args=(svc.db.url, str(tmp), go, done, args.uvloop))
+            proc.start()
+            workers.append((proc, done))
+        await asyncio.sleep(3)  # let the workers import and connect
+        started = time.time()
+        go.set()
+        while True:
+            arrivals = _receiver_get(port, "/stats")
+            if len(arrivals) >= args.events or time.time() - started > 300:
+                break
+            await asyncio.sleep(0.25)
+        for proc, done in workers:
+            await asyncio.to_thread(done.wait, 30)
+            proc.join(30)
+        elapsed_s = max(arrivals.values()) - started
+    return {"phase": "backlog", "backend": svc.db.dialect, "workers": args.workers,
+            "uvloop": args.uvloop, "events": args.events, "received": len(arrivals),
+            "seconds": round(elapsed_s, 2), "deliveries_per_s": round(len(arrivals) / elapsed_s)}
 
 
 async def steady(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, Any]:
@@ -229,6 +277,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000, help="backlog size")
     parser.add_argument("--steady-events", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=500.0, help="steady events per second")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="delivery worker processes for the backlog phase")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run the job on uvloop (as `openpse serve` does under uvicorn)")
+    parser.add_argument("--phase", choices=["backlog", "steady", "both"], default="both")
     parser.add_argument("--database-url", default=None,
                         help="postgresql://... (a fresh database is created beside it); "
                              "default: a temporary SQLite file")
@@ -240,8 +293,14 @@ def main() -> None:
     port = parent.recv()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for phase in (backlog, steady):
-                print(json.dumps(asyncio.run(phase(args, port, Path(tmp)))), flush=True)
+            phases = {"backlog": [backlog], "steady": [steady], "both": [backlog, steady]}
+            run: Any = asyncio.run
+            if args.uvloop:
+                import uvloop
+
+                run = uvloop.run
+            for phase in phases[args.phase]:
+                print(json.dumps(run(phase(args, port, Path(tmp)))), flush=True)
     finally:
         receiver.terminate()
 

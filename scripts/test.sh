@@ -17,6 +17,7 @@ step "ruff"
 run ruff check src sdk tests bench examples
 step "mypy"
 run mypy
+run mypy --strict sdk/openpse_sdk
 step "import rules"
 run lint-imports --no-cache
 step "SDK tests"

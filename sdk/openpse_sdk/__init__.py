@@ -5,8 +5,13 @@ Usage::
     >>> from openpse_sdk import OpenPSE
     >>> with OpenPSE("http://127.0.0.1:8000", "ak_test_...", "sk_test_...") as client:
     ...     payment = client.payments.create(amount=2000, currency="JPY", ...)
+    ...     for refund in client.refunds.list_all(payment=payment["id"]):  # every page, lazily
+    ...         ...
+
+Webhooks: ``openpse_sdk.webhooks.verify(body, headers, secret)`` (see :mod:`openpse_sdk.webhooks`).
 """
 
+from openpse_sdk import webhooks
 from openpse_sdk._version import __version__
 from openpse_sdk.client import (
     DEFAULT_MAX_RETRIES,
@@ -49,4 +54,5 @@ __all__ = [
     "ResponseMeta",
     "SignatureVerificationError",
     "__version__",
+    "webhooks",
 ]

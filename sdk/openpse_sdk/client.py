@@ -31,11 +31,14 @@ import httpx
 
 from openpse_sdk._resources import (
     AccessKeysService,
+    AccountService,
     BalanceService,
     CheckoutSessionsService,
     EventsService,
     PaymentsService,
     RefundsService,
+    RequestLogsService,
+    TestHelpersService,
     WebhookEndpointsService,
 )
 from openpse_sdk._signing import sign, string_to_sign
@@ -61,6 +64,8 @@ __all__ = [
 
 JSONObject = dict[str, Any]
 _Awaitable = Coroutine[Any, Any, JSONObject]  # what AsyncOpenPSE's services return
+_Items = Iterator[JSONObject]  # what OpenPSE's list_all methods return
+_AsyncItems = AsyncIterator[JSONObject]  # and AsyncOpenPSE's
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_RETRIES: Final = 2
@@ -314,13 +319,17 @@ class OpenPSE(_Requestor):
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout_s, transport=transport, follow_redirects=False
         )
-        self.payments = PaymentsService[JSONObject](self.request)
-        self.refunds = RefundsService[JSONObject](self.request)
-        self.checkout_sessions = CheckoutSessionsService[JSONObject](self.request)
-        self.events = EventsService[JSONObject](self.request)
-        self.webhook_endpoints = WebhookEndpointsService[JSONObject](self.request)
-        self.balance = BalanceService[JSONObject](self.request)
-        self.access_keys = AccessKeysService[JSONObject](self.request)
+        rq, pages = self.request, self.list_all
+        self.payments = PaymentsService[JSONObject, _Items](rq, pages)
+        self.refunds = RefundsService[JSONObject, _Items](rq, pages)
+        self.checkout_sessions = CheckoutSessionsService[JSONObject, _Items](rq, pages)
+        self.events = EventsService[JSONObject, _Items](rq, pages)
+        self.webhook_endpoints = WebhookEndpointsService[JSONObject, _Items](rq, pages)
+        self.balance = BalanceService[JSONObject, _Items](rq, pages)
+        self.account = AccountService[JSONObject, _Items](rq, pages)
+        self.access_keys = AccessKeysService[JSONObject, _Items](rq, pages)
+        self.request_logs = RequestLogsService[JSONObject, _Items](rq, pages)
+        self.test_helpers = TestHelpersService[JSONObject, _Items](rq, pages)
 
     def request(
         self,
@@ -392,13 +401,17 @@ class AsyncOpenPSE(_Requestor):
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout_s, transport=transport, follow_redirects=False
         )
-        self.payments = PaymentsService[_Awaitable](self.request)
-        self.refunds = RefundsService[_Awaitable](self.request)
-        self.checkout_sessions = CheckoutSessionsService[_Awaitable](self.request)
-        self.events = EventsService[_Awaitable](self.request)
-        self.webhook_endpoints = WebhookEndpointsService[_Awaitable](self.request)
-        self.balance = BalanceService[_Awaitable](self.request)
-        self.access_keys = AccessKeysService[_Awaitable](self.request)
+        rq, pages = self.request, self.list_all
+        self.payments = PaymentsService[_Awaitable, _AsyncItems](rq, pages)
+        self.refunds = RefundsService[_Awaitable, _AsyncItems](rq, pages)
+        self.checkout_sessions = CheckoutSessionsService[_Awaitable, _AsyncItems](rq, pages)
+        self.events = EventsService[_Awaitable, _AsyncItems](rq, pages)
+        self.webhook_endpoints = WebhookEndpointsService[_Awaitable, _AsyncItems](rq, pages)
+        self.balance = BalanceService[_Awaitable, _AsyncItems](rq, pages)
+        self.account = AccountService[_Awaitable, _AsyncItems](rq, pages)
+        self.access_keys = AccessKeysService[_Awaitable, _AsyncItems](rq, pages)
+        self.request_logs = RequestLogsService[_Awaitable, _AsyncItems](rq, pages)
+        self.test_helpers = TestHelpersService[_Awaitable, _AsyncItems](rq, pages)
 
     async def request(
         self,

@@ -86,7 +86,15 @@ class APIConnectionError(OpenPSEError):
 
 
 class AuthenticationError(OpenPSEError):
-    """401: the signature, access key or timestamp was refused."""
+    """401: the signature, access key or timestamp was refused.
+
+    On ``timestamp_out_of_window``, ``clock_skew_s`` is how far this machine's clock is ahead
+    of the server's (negative: behind), from the server's own measure or its ``Date`` header.
+    """
+
+    def __init__(self, message: str, *, clock_skew_s: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.clock_skew_s = clock_skew_s
 
 
 class PermissionDeniedError(OpenPSEError):
@@ -176,15 +184,26 @@ def parse_retry_after_s(value: str | None, *, now_s: float) -> float | None:
     return None if when_s is None else max(0.0, when_s - now_s)
 
 
-def _clock_skew_hint(headers: Mapping[str, str], now_s: float) -> str:
+def _clock_skew_s(
+    error: dict[str, Any], headers: Mapping[str, str], now_s: float
+) -> tuple[float | None, str]:
+    """How far the local clock is ahead of the server's, and by whose measure."""
+    reported = error.get("skew_seconds")
+    if isinstance(reported, int | float) and not isinstance(reported, bool):
+        return float(reported), "the server's clock"
     server_s = _http_date_s(headers.get("date", ""))
     if server_s is None:
+        return None, ""
+    return float(round(now_s - server_s)), "the server's Date header"
+
+
+def _clock_skew_hint(skew_s: float | None, source: str) -> str:
+    if skew_s is None:
         return " (hint: check that this machine's clock is synchronised, e.g. with NTP)"
-    skew_s = round(now_s - server_s)
     direction = "ahead of" if skew_s >= 0 else "behind"
     return (
-        f" (hint: the local clock is {abs(skew_s)} seconds {direction} the server's Date "
-        "header; synchronise it, e.g. with NTP)"
+        f" (hint: the local clock is {abs(int(skew_s))} seconds {direction} {source}; "
+        "synchronise it, e.g. with NTP)"
     )
 
 
@@ -226,10 +245,13 @@ def error_from_response(
     error_type = error.get("type") if isinstance(error.get("type"), str) else None
     code = error.get("code")
     message = _message(error, body, status)
-    if code == "timestamp_out_of_window":
-        message += _clock_skew_hint(headers, now_s)
     cls = _error_class(error_type, status)
     extra: dict[str, Any] = {}
+    if code == "timestamp_out_of_window":
+        skew_s, source = _clock_skew_s(error, headers, now_s)
+        message += _clock_skew_hint(skew_s, source)
+        if cls is AuthenticationError:
+            extra["clock_skew_s"] = skew_s
     if cls is RateLimitError:
         extra["retry_after"] = parse_retry_after_s(headers.get("retry-after"), now_s=now_s)
     elif cls is CardError:

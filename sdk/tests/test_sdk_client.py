@@ -441,7 +441,127 @@ SERVICE_CALLS: list[tuple[str, Callable[[openpse_sdk.OpenPSE], object], str, str
         "/v1/access_keys/ak_test_2/revoke",
         {},
     ),
+    (
+        "access_keys.retrieve",
+        lambda c: c.access_keys.retrieve("ak_test_2"),
+        "GET",
+        "/v1/access_keys/ak_test_2",
+        None,
+    ),
+    (
+        "access_keys.update",
+        lambda c: c.access_keys.update("ak_test_2", ip_allowlist=["10.0.0.0/8"]),
+        "POST",
+        "/v1/access_keys/ak_test_2",
+        {"ip_allowlist": ["10.0.0.0/8"]},
+    ),
+    ("account.retrieve", lambda c: c.account.retrieve(), "GET", "/v1/account", None),
+    ("account.whoami", lambda c: c.account.whoami(), "GET", "/v1/whoami", None),
+    (
+        "request_logs.list",
+        lambda c: c.request_logs.list(status=404),
+        "GET",
+        "/v1/request_logs?status=404",
+        None,
+    ),
+    (
+        "test_helpers.complete_3ds",
+        lambda c: c.test_helpers.complete_3ds("pay_1", outcome="fail"),
+        "POST",
+        "/v1/test_helpers/payments/pay_1/complete_3ds",
+        {"outcome": "fail"},
+    ),
+    (
+        "test_helpers.pay_voucher",
+        lambda c: c.test_helpers.pay_voucher("pay_1"),
+        "POST",
+        "/v1/test_helpers/payments/pay_1/pay_voucher",
+        {},
+    ),
+    (
+        "test_helpers.fund",
+        lambda c: c.test_helpers.fund("pay_1", amount=500),
+        "POST",
+        "/v1/test_helpers/payments/pay_1/fund",
+        {"amount": 500},
+    ),
+    (
+        "test_helpers.settle",
+        lambda c: c.test_helpers.settle("pay_1"),
+        "POST",
+        "/v1/test_helpers/payments/pay_1/settle",
+        {},
+    ),
+    (
+        "test_helpers.fail",
+        lambda c: c.test_helpers.fail("pay_1"),
+        "POST",
+        "/v1/test_helpers/payments/pay_1/fail",
+        {},
+    ),
+    (
+        "test_helpers.pay_voucher_at",
+        lambda c: c.test_helpers.pay_voucher("pay_1", store="lawson"),
+        "POST",
+        "/v1/test_helpers/payments/pay_1/pay_voucher",
+        {"store": "lawson"},
+    ),
+    (
+        "test_helpers.fail_with_code",
+        lambda c: c.test_helpers.fail("pay_1", failure_code="account_closed"),
+        "POST",
+        "/v1/test_helpers/payments/pay_1/fail",
+        {"failure_code": "account_closed"},
+    ),
+    (
+        "test_helpers.complete_refund",
+        lambda c: c.test_helpers.complete_refund("re_1", outcome="fail"),
+        "POST",
+        "/v1/test_helpers/refunds/re_1/complete",
+        {"outcome": "fail"},
+    ),
+    (
+        "test_helpers.retrieve_clock",
+        lambda c: c.test_helpers.retrieve_clock(),
+        "GET",
+        "/v1/test_helpers/clock",
+        None,
+    ),
+    (
+        "test_helpers.advance_clock",
+        lambda c: c.test_helpers.advance_clock(seconds=3600),
+        "POST",
+        "/v1/test_helpers/clock/advance",
+        {"seconds": 3600},
+    ),
 ]
+
+LIST_ALL_CALLS: list[tuple[str, Callable[[openpse_sdk.OpenPSE], Any], str]] = [
+    ("payments", lambda c: c.payments.list_all(status="succeeded"), "/v1/payments"),
+    ("refunds", lambda c: c.refunds.list_all(status="succeeded"), "/v1/refunds"),
+    ("checkout", lambda c: c.checkout_sessions.list_all(status="succeeded"),
+     "/v1/checkout/sessions"),
+    ("events", lambda c: c.events.list_all(status="succeeded"), "/v1/events"),
+    ("endpoints", lambda c: c.webhook_endpoints.list_all(status="succeeded"),
+     "/v1/webhook_endpoints"),
+    ("deliveries", lambda c: c.webhook_endpoints.list_all_deliveries("we_1", status="succeeded"),
+     "/v1/webhook_endpoints/we_1/deliveries"),
+    ("access_keys", lambda c: c.access_keys.list_all(status="succeeded"), "/v1/access_keys"),
+    ("request_logs", lambda c: c.request_logs.list_all(status="succeeded"), "/v1/request_logs"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "path"), [pytest.param(call, path, id=name) for name, call, path in LIST_ALL_CALLS]
+)
+def test_every_list_auto_paginates(call: Callable[[openpse_sdk.OpenPSE], Any], path: str) -> None:
+    seen, handler = _scripted(_page(["a", "b"], "b"), _page(["c"], None))
+    iterator = call(_client(handler))
+    assert seen == []  # lazy: nothing is fetched before the first item is asked for
+    assert [item["id"] for item in iterator] == ["a", "b", "c"]
+    assert [r.url.path for r in seen] == [path, path]
+    assert [r.url.params.get("cursor") for r in seen] == [None, "b"]
+    assert all(r.url.params["status"] == "succeeded" for r in seen)
 
 
 @pytest.mark.parametrize(
@@ -492,7 +612,7 @@ class TestAsyncClient:
 
         async def run() -> list[str]:
             async with self._client(handler, max_retries=0) as client:
-                ids = [item["id"] async for item in client.list_all("/v1/refunds")]
+                ids = [item["id"] async for item in client.refunds.list_all(payment="pay_1")]
                 with pytest.raises(openpse_sdk.NotFoundError):
                     await client.refunds.retrieve("re_missing")
                 return ids
@@ -521,6 +641,7 @@ def test_public_surface_is_pinned() -> None:
             "ResponseMeta",
             "SignatureVerificationError",
             "__version__",
+            "webhooks",
         ]
     )
     for name in openpse_sdk.__all__:

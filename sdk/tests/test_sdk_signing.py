@@ -271,6 +271,16 @@ class TestClockSkewHint:
         assert error.code == "timestamp_out_of_window"
         assert re.search(r"the local clock is 12[01] seconds ahead of", error.message)
 
+    def test_the_servers_own_measure_wins(self) -> None:
+        error_body = {**_err("authentication_error", "timestamp_out_of_window"),
+                      "skew_seconds": -420, "server_time": "2026-11-22T01:02:03Z"}
+        headers = httpx.Headers({"Date": email.utils.formatdate(TIMESTAMP_S, usegmt=True)})
+        content = json.dumps({"error": error_body}).encode()
+        error = error_from_response(401, headers, content, now_s=TIMESTAMP_S)
+        assert isinstance(error, AuthenticationError)
+        assert error.clock_skew_s == -420
+        assert "420 seconds behind the server's clock" in error.message
+
     def test_without_a_date_header(self) -> None:
         error = _raised(
             _error_response(401, _err("authentication_error", "timestamp_out_of_window"))

@@ -295,6 +295,12 @@ def demo(
     raise typer.Exit(run_demo(data_dir))
 
 
+# Commands for integrators (login, api, listen, trigger, logs tail, doctor): they use the SDK.
+from openpse.devcli import app as _devcli_app  # noqa: E402
+
+app.add_typer(_devcli_app)
+
+
 def main() -> None:
     app()
 

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     idempotency_lock_timeout_s: int = 30
     # Worker poll interval when idle.
     worker_poll_interval_s: float = 0.5
+    # ``payment.expiring_soon`` is emitted this long before an unpaid voucher or bank transfer
+    # expires (once per payment; 0 turns it off).
+    payment_expiring_soon_s: int = Field(default=3600, ge=0, le=30 * 86400)
 
     @field_validator("rate_limit")
     @classmethod

@@ -23,6 +23,8 @@ CARD_OK = "4242424242424242"
 CARD_3DS = "4000000000003220"
 CARD_DECLINED = "4000000000000002"
 STARTUP_TIMEOUT_S = 20.0
+EXPIRY_WAIT_S = 15.0  # how long the demo waits for the worker to expire a voucher
+SHOPPER = {"name": "山田 花子", "email": "hanako@example.jp", "phone": "090-1234-5678"}
 
 
 class Narrator:
@@ -267,6 +269,51 @@ def step_checkout(ctx: dict[str, Any]) -> str:
             f"submit (HTTP {again.status_code}) made no second payment")
 
 
+def _konbini(ctx: dict[str, Any], order: str, days: int) -> dict[str, Any]:
+    p: dict[str, Any] = ctx["client"].payments.create(
+        amount=2480, currency="JPY", merchant_order_id=order, confirm=True, customer=SHOPPER,
+        payment_method={"type": "konbini", "konbini": {"expires_after_days": days}})
+    _check(p["status"] == "requires_action", str(p["status"]))
+    _check(p["next_action"]["type"] == "display_voucher", str(p["next_action"]))
+    return p
+
+
+def step_konbini_paid(ctx: dict[str, Any]) -> str:
+    c = ctx["client"]
+    p = _konbini(ctx, "ord-1007", 3)
+    na = p["next_action"]
+    paid = c.request("POST", f"/v1/test_helpers/payments/{p['id']}/pay_voucher",
+                     json={"store": "lawson"})
+    _check(paid["status"] == "succeeded" and paid["amount_received"] == 2480, str(paid))
+    return (f"{p['id']}: voucher {na['payment_number']} / {na['confirmation_number']}, payable "
+            f"until {na['expires_at']} → paid at Lawson → succeeded, fee {paid['fee']}")
+
+
+def step_konbini_expired(ctx: dict[str, Any]) -> str:
+    c = ctx["client"]
+    p = _konbini(ctx, "ord-1008", 1)
+    clock = c.request("POST", "/v1/test_helpers/clock/advance", json={"seconds": 3 * 86400})
+    deadline = time.monotonic() + EXPIRY_WAIT_S
+    got = p
+    while time.monotonic() < deadline and got["status"] != "canceled":
+        time.sleep(0.1)
+        got = c.payments.retrieve(p["id"])
+    _check(got["status"] == "canceled" and got["cancellation_reason"] == "expired", str(got))
+    time.sleep(0.3)  # the worker keeps running: the event must still be there once
+    events = c.request("GET", "/v1/events",
+                       params={"type": "payment.canceled", "object_id": p["id"]})["data"]
+    _check(len(events) == 1, f"{len(events)} payment.canceled events")
+    try:
+        c.request("POST", f"/v1/test_helpers/payments/{p['id']}/pay_voucher", json={})
+    except Exception as err:
+        _check(getattr(err, "code", "") == "payment_expired", str(err))
+    else:
+        raise AssertionError("a voucher paid after its deadline was accepted")
+    return (f"{p['id']}: test clock +3 days (now {clock['now']}) → the worker expired it: "
+            f"canceled (expired), one payment.canceled event {events[0]['id']}; paying it late "
+            "→ 409 payment_expired, money held for review")
+
+
 def step_ledger(ctx: dict[str, Any]) -> str:
     import asyncio
 
@@ -297,5 +344,7 @@ STEPS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("A partial refund", step_refund),
     ("An idempotent retry", step_idempotency),
     ("A checkout session paid on its hosted page", step_checkout),
+    ("A konbini voucher paid at the store", step_konbini_paid),
+    ("A konbini voucher left unpaid expires (test clock + worker)", step_konbini_expired),
     ("Ledger verification", step_ledger),
 ]

@@ -39,6 +39,9 @@ _CVC_NEAR = re.compile(r"(cvc|cvv|security.?code)\W{0,12}" + CVC, re.IGNORECASE)
 _CVC_VALUE = re.compile(r"[\"']" + CVC + r"[\"']")
 
 
+_HEX_NEIGHBOURS = frozenset("abcdefABCDEF-")
+
+
 def _luhn(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -64,7 +67,12 @@ def find_card_data(blob: str, where: str) -> list[str]:
         if not _luhn(run):
             continue
         token = _token_around(blob, m.start(), m.end())
-        # a digit run inside a hex digest or a prefixed id is not a card number
+        # a digit run inside a hex digest, a UUID or a prefixed id is not a card number (raw
+        # database pages put such values side by side, so look at the run's own neighbours too)
+        before = blob[m.start() - 1] if m.start() > 0 else ""
+        after = blob[m.end()] if m.end() < len(blob) else ""
+        if before in _HEX_NEIGHBOURS or after in _HEX_NEIGHBOURS:
+            continue
         if token != run and (re.fullmatch(r"[0-9a-f]+", token)
                              or re.fullmatch(r"[a-z]+_[0-9a-z_]+", token)):
             continue

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import MerchantKit, new_merchant
@@ -149,6 +150,14 @@ async def test_a_payment_reaches_the_receiver_signed(merchant: MerchantKit) -> N
         attempt = log[0]["attempts"][0]
         assert attempt["status_code"] == 200 and attempt["attempted_at"].endswith("Z")
         assert attempt["latency_ms"] >= 0 and attempt["response_excerpt"] == "ok"
+        assert raw.get(f"{EP}/{ep['id']}/deliveries?status=failed").json()["data"] == []
+        metrics = httpx.get(merchant.base_url + "/metrics").text
+        for series in ('openpse_webhook_deliveries_total{outcome="succeeded"}',
+                       "openpse_webhook_attempt_duration_seconds_bucket",
+                       "openpse_webhook_delivery_lag_seconds_count",
+                       "openpse_webhook_queue_depth_total",
+                       "openpse_webhook_oldest_due_age_seconds_max"):
+            assert series in metrics, series
 
         again = raw.post(f"/v1/events/{succeeded[0].webhook_id}/redeliver", {})
         assert again.status_code == 200, again.text

@@ -49,3 +49,19 @@ def test_subscriptions() -> None:
     assert subscribes(["*"], "payment.succeeded")
     assert subscribes(["refund.failed", "payment.succeeded"], "payment.succeeded")
     assert not subscribes(["refund.failed"], "payment.succeeded")
+
+
+def test_every_event_type_the_code_emits_can_be_subscribed_to() -> None:
+    """A type missing from EVENT_TYPES could never be chosen in enabled_events (only "*")."""
+    import re
+    from pathlib import Path
+
+    from openpse.services.webhook_endpoints import EVENT_TYPES
+
+    src = Path(__file__).resolve().parents[2] / "src" / "openpse"
+    pattern = re.compile(
+        r"\"((?:payment|refund|checkout\.session|dispute|payout|settlement|webhook_endpoint)"
+        r"\.[a-z_.]+)\"")
+    emitted = {m for f in src.rglob("*.py") for m in pattern.findall(f.read_text())}
+    assert emitted, "the scan found no event types at all"
+    assert emitted <= EVENT_TYPES, sorted(emitted - EVENT_TYPES)

@@ -11,9 +11,14 @@ from openpse.api.models import Strict
 __all__ = [
     "CancelIn",
     "CaptureIn",
+    "ClockAdvanceIn",
     "ConfirmIn",
+    "DebitFailIn",
+    "FundIn",
+    "PayVoucherIn",
     "PaymentCreate",
     "PaymentMethodIn",
+    "RefundCompleteIn",
     "RefundCreate",
     "ThreeDSIn",
 ]
@@ -100,3 +105,29 @@ class RefundCreate(Strict):
     amount: StrictInt | None = None
     reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
     metadata: Metadata | None = None
+    # The shopper's bank account, for methods refunded by bank transfer (checked in the domain).
+    destination: dict[str, object] | None = None
+    source: Literal["payment", "overpayment"] | None = None
+
+
+# ---- sandbox test helpers of the local methods -------------------------------------------
+
+class PayVoucherIn(Strict):
+    store: Literal["seven_eleven", "familymart", "lawson", "ministop", "seicomart"] | None = None
+
+
+class FundIn(Strict):
+    amount: StrictInt
+
+
+class DebitFailIn(Strict):
+    failure_code: Literal["insufficient_funds", "account_closed", "debit_not_authorized"] | None \
+        = None
+
+
+class ClockAdvanceIn(Strict):
+    seconds: StrictInt
+
+
+class RefundCompleteIn(Strict):
+    outcome: Literal["succeed", "fail"]

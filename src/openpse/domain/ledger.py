@@ -12,10 +12,20 @@ positive and credits negative; per currency they sum to zero. Accounts:
 ``platform_fees``           revenue: fees we charged (one account per merchant, so that no
                             single row is shared by every merchant's captures)
 ``refunds_payable``         liability: refunds accepted but not yet paid back to the shopper
+``direct_debits_submitted`` memo asset: SEPA debits sent to the shopper's bank, not yet confirmed
+``direct_debit_holds``      memo liability: the other side of that memo
+``shopper_funds_held``      liability: part payments (bank transfers) of a payment not yet fully
+                            paid: the shopper's money until the payment completes
+``overpayments_payable``    liability: money received beyond a payment's amount, owed back to the
+                            shopper (refundable)
+``unapplied_funds``         liability (suspense): money that arrived for a payment that could no
+                            longer take it (expired, canceled); held for review and return
 ==========================  ======================================================================
 
-The memo pair records authorisations (they are promises, not money) so that authorise, capture
-and release each post a balanced journal the finance team can follow.
+The memo pairs record authorisations and submitted debits (promises, not money) so that
+authorise, capture, release, submit, settle and return each post a balanced journal the finance
+team can follow. Money received for asynchronous methods (vouchers, transfers, debits) is owed
+to us by the collecting network until it settles with us: ``acquirer_receivable`` as for cards.
 """
 
 from __future__ import annotations
@@ -32,9 +42,17 @@ __all__ = [
     "PLATFORM",
     "Posting",
     "authorization",
+    "bank_refund_accepted",
+    "bank_refund_failed",
+    "bank_refund_paid",
     "capture",
     "check_balanced",
+    "debit_failed",
+    "debit_settled",
+    "debit_submitted",
     "fee_for",
+    "funds_completing",
+    "move",
     "refund",
     "refund_reversal",
     "release",
@@ -122,3 +140,64 @@ def check_balanced(postings: Iterable[Posting]) -> None:
     bad = {c: s for c, s in sums.items() if s != 0}
     if bad:
         raise ValueError(f"unbalanced journal, per-currency sums: {bad}")
+
+
+# ---- asynchronous methods (vouchers, transfers, debits) and refunds by bank transfer ----------
+
+def move(owner: str | None, currency: str, amount: int, debit: str, credit: str) -> list[Posting]:
+    """``amount`` from the ``credit`` account to the ``debit`` account (one debit, one credit)."""
+    if amount <= 0:
+        raise ValueError(f"a move needs a positive amount, got {amount}")
+    return [Posting(owner, debit, currency, amount), Posting(owner, credit, currency, -amount)]
+
+
+def funds_completing(merchant: str, currency: str, *, incoming: int, held: int, amount: int,
+                     fee: int) -> list[Posting]:
+    """The transfer that completes a payment: ``incoming`` arrives, ``held`` part payments are
+    applied; the merchant is owed ``amount - fee`` and the rest is owed back to the shopper."""
+    excess = incoming + held - amount
+    if excess < 0 or incoming <= 0 or held < 0:
+        raise ValueError(f"funds do not complete the payment: {incoming} + {held} < {amount}")
+    out = [Posting(merchant, "acquirer_receivable", currency, incoming)]
+    if held:
+        out.append(Posting(merchant, "shopper_funds_held", currency, held))
+    out.append(Posting(merchant, "merchant_pending", currency, -(amount - fee)))
+    if fee:
+        out.append(Posting(merchant, "platform_fees", currency, -fee))
+    if excess:
+        out.append(Posting(merchant, "overpayments_payable", currency, -excess))
+    return out
+
+
+def debit_submitted(merchant: str, currency: str, amount: int) -> list[Posting]:
+    return move(merchant, currency, amount, "direct_debits_submitted", "direct_debit_holds")
+
+
+def debit_failed(merchant: str, currency: str, amount: int) -> list[Posting]:
+    """The shopper's bank returned the debit: the memo is reversed, no money moved."""
+    return move(merchant, currency, amount, "direct_debit_holds", "direct_debits_submitted")
+
+
+def debit_settled(merchant: str, currency: str, amount: int, fee: int) -> list[Posting]:
+    return debit_failed(merchant, currency, amount) + capture(merchant, currency, amount, fee,
+                                                              held=False)
+
+
+# Refunds by bank transfer are booked when accepted (the money stops being the merchant's) and
+# paid out later; ``source`` is where the money comes from: the merchant's balance, or an
+# over-payment the shopper is owed anyway.
+_REFUND_SOURCES = {"payment": "merchant_pending", "overpayment": "overpayments_payable"}
+
+
+def bank_refund_accepted(merchant: str, currency: str, amount: int,
+                         source: str = "payment") -> list[Posting]:
+    return move(merchant, currency, amount, _REFUND_SOURCES[source], "refunds_payable")
+
+
+def bank_refund_paid(merchant: str, currency: str, amount: int) -> list[Posting]:
+    return move(merchant, currency, amount, "refunds_payable", "acquirer_receivable")
+
+
+def bank_refund_failed(merchant: str, currency: str, amount: int,
+                       source: str = "payment") -> list[Posting]:
+    return move(merchant, currency, amount, "refunds_payable", _REFUND_SOURCES[source])

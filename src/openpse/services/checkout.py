@@ -5,6 +5,14 @@ A session is ``open`` until its payment succeeds (``complete``, set by a ``PAYME
 the same transaction as the payment's change) or it expires (``expired``: asked by the merchant,
 or by the ``expire_sessions`` job once ``expires_at`` has passed). Both are final.
 
+Local methods (konbini, Pay-easy, bank transfer, boleto, SEPA debit) are paid on the same page:
+the shopper's details are taken, the voucher or account details are shown, and the session stays
+``open`` until the money arrives. Issuing a voucher (or submitting a debit) extends the session's
+``expires_at`` to the voucher's deadline (or the debit's settlement date) in the same
+transaction, so the session never expires while its voucher can still be paid; the voucher's own
+expiry cancels it (``expired``). A listed method that cannot take the session's currency or
+amount (konbini in USD) is not offered on the page.
+
 Completing at most once. The page creates the payment unconfirmed, then *claims* the session
 for it in a transaction that locks the session row: the claim is refused while the session's
 current payment (``payment_id``) is anything but failed or canceled, so only one payment is ever
@@ -26,12 +34,14 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import and_, insert, select, update
 
+from openpse.domain import local_methods as local_rules
 from openpse.domain.errors import CardDeclined, Conflict, DomainError, InvalidRequest, NotFound
 from openpse.domain.ids import new_id
 from openpse.domain.money import parse_amount, parse_currency
 from openpse.domain.payments import Status
 from openpse.logs import get_logger
 from openpse.services import payments as svc_payments
+from openpse.services.clock import merchant_now, offset_sql
 from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.storage.db import Tx
@@ -60,6 +70,7 @@ __all__ = [
     "list_sessions",
     "load_challenge",
     "load_page",
+    "offered_methods",
     "page_url",
     "pay_session",
     "session_view",
@@ -129,6 +140,12 @@ def success_redirect_url(row: dict[str, Any]) -> str:
     return f"{url}{'&' if '?' in url else '?'}session_id={row['id']}"
 
 
+def offered_methods(session: dict[str, Any]) -> list[str]:
+    """The session's methods that can take its currency and amount, in the merchant's order."""
+    return [k for k in session["payment_method_types"]
+            if k == "card" or local_rules.accepts(k, session["amount"], session["currency"])]
+
+
 def _payment_method_types(value: Any) -> list[str]:
     param = "payment_method_types"
     if not isinstance(value, list) or not value:
@@ -193,9 +210,10 @@ async def create_session(svc: Services, caller: Caller, p: dict[str, Any]) -> di
     }
     expires_in_s = _expires_in(p.get("expires_in_seconds"))
     now = svc.now()
-    row.update(page_token=svc.page_token(session_id), expires_at=now + expires_in_s,
-               created=now, updated=now)
     async with svc.db.transaction() as tx:
+        clock = await merchant_now(svc, tx, caller.merchant_id, caller.livemode)
+        row.update(page_token=svc.page_token(session_id), expires_at=clock + expires_in_s,
+                   created=now, updated=now)
         await tx.execute(insert(checkout_sessions).values(**row))
         if caller.idempotency_record_id is not None:  # recovery point for a crashed retry
             await tx.execute(update(idempotency_keys)
@@ -255,18 +273,22 @@ async def _session_event(tx: Tx, caller: Caller | None, before: dict[str, Any],
 
 
 async def _abandon_current_payment(svc: Services, caller: Caller | None,
-                                   session: dict[str, Any]) -> None:
+                                   session: dict[str, Any], *, by_deadline: bool = False) -> None:
     """After expiry: cancel a payment still waiting for the shopper, so it cannot succeed late.
 
     One already at the acquirer (``processing``) is left to finish; if it succeeds, the hook
-    records it for review.
+    records it for review. At the session's deadline (``by_deadline``), a voucher with a
+    deadline of its own is left to it: it expires as ``expired`` by the payments' job.
     """
     if not session["payment_id"]:
         return
     async with svc.db.read() as conn:
-        status = (await conn.execute(select(payments.c.status).where(
-            payments.c.id == session["payment_id"]))).scalar()
-    if status not in (Status.REQUIRES_CONFIRMATION, Status.REQUIRES_ACTION):
+        found = (await conn.execute(select(payments.c.status, payments.c.expires_at).where(
+            payments.c.id == session["payment_id"]))).first()
+    if found is None or found.status not in (Status.REQUIRES_CONFIRMATION,
+                                             Status.REQUIRES_ACTION):
+        return
+    if by_deadline and found.expires_at is not None:
         return
     scope = caller or Caller(session["merchant_id"], bool(session["livemode"]))
     try:
@@ -279,8 +301,12 @@ async def _abandon_current_payment(svc: Services, caller: Caller | None,
 
 async def complete_on_payment(tx: Tx, caller: Caller | None, payment: dict[str, Any],
                               now: int) -> None:
-    """A ``PAYMENT_HOOKS`` hook: the session completes when its payment is paid (or authorized)."""
+    """A ``PAYMENT_HOOKS`` hook: the session completes when its payment is paid (or authorized),
+    and stays open while its voucher can be paid or its debit is being settled."""
     session_id = payment.get("checkout_session_id")
+    if session_id and payment["status"] in (Status.REQUIRES_ACTION, Status.PROCESSING):
+        await _hold_open_for(tx, payment, now)
+        return
     if not session_id or payment["status"] not in PAID:
         return
     row = await load_scoped(tx, checkout_sessions, session_id, merchant_id=payment["merchant_id"],
@@ -305,6 +331,19 @@ async def complete_on_payment(tx: Tx, caller: Caller | None, payment: dict[str, 
     await _session_event(tx, caller, row, new, "checkout.session.completed", now)
 
 
+async def _hold_open_for(tx: Tx, payment: dict[str, Any], now: int) -> None:
+    deadline = payment.get("expires_at") or payment.get("settles_at")
+    if not deadline:
+        return  # 3-D Secure, or a card at the acquirer: no deadline of its own
+    row = await load_scoped(tx, checkout_sessions, payment["checkout_session_id"],
+                            merchant_id=payment["merchant_id"],
+                            livemode=bool(payment["livemode"]), lock=True,
+                            what="checkout session")
+    if row["status"] == "open" and row["payment_id"] == payment["id"] and \
+            row["expires_at"] < deadline:
+        await update_versioned(tx, checkout_sessions, row, {"expires_at": deadline}, now=now)
+
+
 if complete_on_payment not in svc_payments.PAYMENT_HOOKS:
     svc_payments.PAYMENT_HOOKS.append(complete_on_payment)
 
@@ -318,16 +357,20 @@ async def expire_due_sessions(svc: Services, now_s: int) -> int:
     so of two workers racing for one session exactly one expires it and writes the event.
     """
     t = checkout_sessions
+    offset = offset_sql(t.c.livemode)  # the merchant's clock (a sandbox test clock)
     async with svc.db.read() as conn:
-        due = (await conn.execute(select(t.c.id).where(
-            t.c.status == "open", t.c.expires_at <= now_s).order_by(t.c.expires_at)
-            .limit(EXPIRE_BATCH))).scalars().all()
+        due = (await conn.execute(
+            select(t.c.id, offset.label("offset_s"))
+            .select_from(t.join(merchants, merchants.c.id == t.c.merchant_id))
+            .where(t.c.status == "open", t.c.expires_at <= now_s + offset)
+            .order_by(t.c.expires_at).limit(EXPIRE_BATCH))).all()
     done = 0
-    for session_id in due:
+    for session_id, offset_s in due:
+        clock = now_s + int(offset_s or 0)  # offsets only grow: still past, if it was
         async with svc.db.transaction() as tx:
             before = row_dict((await tx.execute(select(t).where(t.c.id == session_id))).one())
             res = await tx.execute(update(t).where(and_(
-                t.c.id == session_id, t.c.status == "open", t.c.expires_at <= now_s))
+                t.c.id == session_id, t.c.status == "open", t.c.expires_at <= clock))
                 .values(status="expired", updated=now_s, version=t.c.version + 1))
             if res.rowcount != 1:
                 continue  # another worker (or the merchant, or a payment) got there first
@@ -335,7 +378,7 @@ async def expire_due_sessions(svc: Services, now_s: int) -> int:
             await _session_event(tx, None, {**before, "status": "open"}, after,
                                  "checkout.session.expired", now_s)
         done += 1
-        await _abandon_current_payment(svc, None, after)
+        await _abandon_current_payment(svc, None, after, by_deadline=True)
     return done
 
 
@@ -346,7 +389,7 @@ class PageSession:
     session: dict[str, Any]
     merchant_name: str
     payment: dict[str, Any] | None  # the session's current payment (the latest attempt)
-    now: int
+    now: int  # the merchant's clock
 
     @property
     def payable(self) -> bool:
@@ -358,6 +401,8 @@ class PayResult:
     """What a submit of the page came to. ``outcome`` is one of:
 
     ``succeeded`` (go to success_url), ``requires_action`` (go to ``redirect_url``),
+    ``pending`` (a local method's voucher, transfer details or debit: back to the page, which
+    shows them),
     ``declined`` / ``invalid`` (show the form again with ``message``), ``in_progress`` (the
     session's current payment is under way: show it), ``closed`` (complete or expired).
     """
@@ -383,13 +428,15 @@ async def load_page(svc: Services, session_id: str, token: str | None) -> PageSe
         if found is None or not _token_ok(token, found.page_token):
             raise NotFound("no such checkout page", code="resource_missing")
         row = row_dict(found)
-        name = (await conn.execute(select(merchants.c.name).where(
-            merchants.c.id == row["merchant_id"]))).scalar()
+        merchant = (await conn.execute(select(
+            merchants.c.name, merchants.c.sandbox_clock_offset_s).where(
+            merchants.c.id == row["merchant_id"]))).first()
         payment = None
         if row["payment_id"]:
             payment = row_dict((await conn.execute(select(payments).where(
                 payments.c.id == row["payment_id"]))).one())
-    return PageSession(row, name or "", payment, svc.now())
+    offset = 0 if merchant is None or row["livemode"] else int(merchant.sandbox_clock_offset_s)
+    return PageSession(row, merchant.name if merchant else "", payment, svc.now() + offset)
 
 
 def form_nonce(svc: Services, session_id: str, now: int) -> str:
@@ -422,29 +469,53 @@ def _stale(payment: dict[str, Any], now: int) -> bool:
         payment["updated"] <= now - STALE_CLAIM_S
 
 
+@dataclass(frozen=True)
+class LocalMethodForm:
+    """What the page's form for a local method carries (the shopper's details)."""
+
+    method: str
+    customer: dict[str, str]
+    details: dict[str, Any]
+    device: dict[str, str]
+    mandate_accepted: bool = False
+
+
 async def pay_session(svc: Services, session_id: str, token: str | None,
-                      card: svc_payments.CardInput, *, base_url: str | None,
-                      request_id: str | None) -> PayResult:
-    """A submit of the hosted page's card form: at most one payment ever succeeds."""
+                      card: svc_payments.CardInput | None, *, base_url: str | None,
+                      request_id: str | None, local: LocalMethodForm | None = None) -> PayResult:
+    """A submit of the hosted page (a card, or a local method's form): at most one payment ever
+    succeeds."""
     page = await load_page(svc, session_id, token)
     caller = _page_caller(page, base_url, request_id)
-    if page.payment is not None and _stale(page.payment, page.now):
+    if page.payment is not None and _stale(page.payment, svc.now()):
         await _cancel_quietly(svc, caller, page.payment["id"], "abandoned")
         page = await load_page(svc, session_id, token)
     early = _refusal(page)
     if early is not None:
         return early
     s = page.session
-    if "card" not in s["payment_method_types"]:
+    method = local.method if local is not None else "card"
+    if method not in offered_methods(s):
         return PayResult("invalid", page, code="payment_method_unavailable",
-                         message="card payments are not accepted for this checkout")
+                         message=f"{method} payments are not accepted for this checkout")
+    if local is not None and method == "sepa_debit" and not local.mandate_accepted:
+        return PayResult("invalid", page, code="mandate_not_accepted", param="mandate",
+                         message="the SEPA Direct Debit mandate must be accepted")
+    pm: dict[str, Any] = {"type": method}
+    customer = dict(s["customer"] or {})
+    params: dict[str, Any] = {}
+    if local is not None:
+        if local.details:
+            pm[method] = local.details
+        customer.update(local.customer)
+        params["device"] = local.device or None
     try:
         created, _ = await svc_payments.create_payment(svc, caller, {
             "amount": s["amount"], "currency": s["currency"],
             "merchant_order_id": s["merchant_order_id"], "checkout_session_id": s["id"],
-            "payment_method": {"type": "card"}, "customer": s["customer"],
-            "return_url": page_url(svc, caller, s), "confirm": False}, card)
-    except InvalidRequest as exc:  # the card's fields: number, expiry, CVC
+            "payment_method": pm, "customer": customer or None,
+            "return_url": page_url(svc, caller, s), "confirm": False, **params}, card)
+    except InvalidRequest as exc:  # the card's fields, or the shopper's details
         return PayResult("invalid", page, code=exc.code, message=exc.message, param=exc.param)
     refused = await _claim(svc, s["id"], created["id"])
     if refused is not None:  # another submit is ahead of us: this payment never runs
@@ -477,18 +548,19 @@ async def _claim(svc: Services, session_id: str, payment_id: str) -> str | None:
         if row["payment_id"]:
             current = row_dict((await tx.execute(select(payments).where(
                 payments.c.id == row["payment_id"]))).one())
-        page = PageSession(row, "", current, svc.now())
+        clock = await merchant_now(svc, tx, scope.merchant_id, bool(scope.livemode))
+        page = PageSession(row, "", current, clock)
         refusal = _refusal(page)
         if refusal is not None:
             return refusal.outcome
         await update_versioned(tx, checkout_sessions, row, {"payment_id": payment_id},
-                               now=page.now)
+                               now=svc.now())
     return None
 
 
 async def _confirm(svc: Services, caller: Caller, session_id: str, token: str | None,
-                   payment_id: str, card: svc_payments.CardInput) -> PayResult:
-    cvc = card.cvc if isinstance(card.cvc, str) else None
+                   payment_id: str, card: svc_payments.CardInput | None) -> PayResult:
+    cvc = card.cvc if card is not None and isinstance(card.cvc, str) else None
     try:
         view = await svc_payments.confirm_payment(svc, caller, payment_id, cvc=cvc)
     except DomainError as exc:  # a decline; or e.g. canceled by the merchant meanwhile
@@ -502,6 +574,11 @@ async def _confirm(svc: Services, caller: Caller, session_id: str, token: str | 
     if view["status"] == Status.REQUIRES_ACTION and (view["next_action"] or {}).get("url"):
         return PayResult("requires_action", page, payment=view,
                          redirect_url=view["next_action"]["url"])
+    if view["payment_method"] and view["payment_method"]["type"] != "card":
+        # A voucher, transfer details or a submitted debit: the page shows them (GET after POST,
+        # so reloading never submits again).
+        return PayResult("pending", page, payment=view, redirect_url=page_url(svc, caller,
+                                                                             page.session))
     return PayResult("in_progress", page, payment=view)
 
 

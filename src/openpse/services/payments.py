@@ -24,6 +24,7 @@ from sqlalchemy import insert, select, update
 from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
 from openpse.domain import cards as card_rules
 from openpse.domain import ledger
+from openpse.domain import local_methods as local_rules
 from openpse.domain.errors import CardDeclined, Conflict, InvalidRequest, NotFound
 from openpse.domain.ids import new_id
 from openpse.domain.money import parse_amount, parse_currency
@@ -36,6 +37,7 @@ from openpse.domain.payments import (
     assert_transition,
 )
 from openpse.domain.risk import RISK_BLOCK_CODE, risk_blocks
+from openpse.services.clock import merchant_now
 from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.services.views import payment_view
@@ -155,23 +157,58 @@ async def _card_data(svc: Services, tx: Tx, pm_id: str, cvc: str | None) -> Card
 
 async def _resolve_payment_method(
     svc: Services, tx: Tx, caller: Caller, pm: dict[str, Any] | None, card: CardInput | None,
+    *, payment: dict[str, Any],
 ) -> dict[str, Any] | None:
+    """The payment's method columns for ``pm``, validated against ``payment`` (its id, amount,
+    currency, customer and capture method); None when no method was sent."""
     if pm is None:
         return None
     kind = pm.get("type")
+    for other in ("card", "token", *local_rules.LOCAL_METHODS):
+        given = card if other == "card" else pm.get(other)
+        if other != kind and given is not None and not (other == "token" and kind == "card"):
+            raise InvalidRequest(f"payment_method[{other}] does not go with type {kind}",
+                                 param=f"payment_method[{other}]")
+    if kind in local_rules.LOCAL_METHODS:
+        return _local_method(svc, str(kind), pm.get(str(kind)), payment)
     if kind != "card":
         raise InvalidRequest(
-            f"payment method type {kind!r} is not available on this server yet; use card",
+            f"payment method type {kind!r} is not available on this server; use card or one of "
+            f"{', '.join(local_rules.LOCAL_METHODS)}",
             code="payment_method_unavailable", param="payment_method[type]")
     if pm.get("token"):
         if card is not None:
             raise InvalidRequest("send either payment_method[card] or payment_method[token]",
                                  param="payment_method[token]")
-        return await _token_card(tx, caller, pm["token"])
-    if card is None:
+        view = await _token_card(tx, caller, pm["token"])
+    elif card is None:
         raise InvalidRequest("payment_method[card] (or a pm_ token) is required for type card",
                              code="parameter_missing", param="payment_method[card]")
-    return await vault_card(svc, tx, caller, card)
+    else:
+        view = await vault_card(svc, tx, caller, card)
+    return {"payment_method": view, "payment_method_id": view["id"], "payment_method_type": "card",
+            "payment_method_enc": None}
+
+
+def _local_method(svc: Services, kind: str, details: Any, payment: dict[str, Any]
+                  ) -> dict[str, Any]:
+    if payment.get("capture_method") == "manual":
+        raise InvalidRequest(f"{kind} payments are captured when the shopper pays: use "
+                             "capture_method automatic", param="capture_method")
+    m = local_rules.validate_method(kind, details, amount=payment["amount"],
+                                    currency=payment["currency"], customer=payment.get("customer"))
+    enc = None
+    if m.secret is not None:  # a debit's IBAN: encrypted, bound to the payment; fingerprinted
+        enc = svc.secrets.encrypt(m.secret, context=f"pm_secret:{payment['id']}")
+        m.view[kind]["fingerprint"] = svc.fingerprints.fingerprint(f"iban:{m.secret}")
+    return {"payment_method": m.view, "payment_method_id": None, "payment_method_type": kind,
+            "payment_method_enc": enc}
+
+
+def voucher_url(svc: Services, caller: Caller | None, payment_id: str) -> str:
+    """The shopper's page for a payment's voucher or transfer details (``/vouchers/...``)."""
+    token = svc.page_token(f"voucher:{payment_id}")
+    return svc.public_url(caller, f"/vouchers/{payment_id}?token={token}")
 
 
 # ---- create -------------------------------------------------------------------------------
@@ -186,10 +223,15 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
     metadata = validate_metadata(p.get("metadata"))
     capture_method = p.get("capture_method") or "automatic"
     now = svc.now()
+    payment_id = new_id("pay_")
     async with svc.db.transaction() as tx:
-        pm_view = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card)
+        pm_cols = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card,
+                                                payment={**p, "id": payment_id, "amount": amount,
+                                                         "currency": currency,
+                                                         "capture_method": capture_method})
+        pm_view = pm_cols["payment_method"] if pm_cols else None
         row = {
-            "id": new_id("pay_"), "merchant_id": caller.merchant_id, "livemode": caller.livemode,
+            "id": payment_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
             "status": Status.REQUIRES_CONFIRMATION if pm_view else Status.REQUIRES_PAYMENT_METHOD,
             "amount": amount, "currency": currency, "amount_capturable": 0,
             "amount_received": 0, "amount_refunded": 0, "fee": 0,
@@ -197,15 +239,18 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
             "description": p.get("description"), "customer": p.get("customer"),
             "billing_address": p.get("billing_address"), "device": p.get("device"),
             "return_url": p.get("return_url"), "metadata": metadata,
-            "payment_method_type": "card" if pm_view else None, "payment_method": pm_view,
-            "payment_method_id": pm_view["id"] if pm_view else None,
+            "payment_method_type": pm_cols["payment_method_type"] if pm_cols else None,
+            "payment_method": pm_view,
+            "payment_method_id": pm_cols["payment_method_id"] if pm_cols else None,
+            "payment_method_enc": pm_cols["payment_method_enc"] if pm_cols else None,
+            "amount_overpaid": 0, "amount_overpaid_refunded": 0, "settles_at": None,
+            "expiry_warned_at": None,
             "failure_code": None, "failure_message": None, "cancellation_reason": None,
             "next_action": None, "expires_at": None, "connector": None,
             "connector_reference": None, "checkout_session_id": p.get("checkout_session_id"),
             "captured_at": None, "canceled_at": None, "created": now, "updated": now,
             "version": 1,
         }
-        payment_id = str(row["id"])
         await tx.execute(insert(payments).values(**row))
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="payment.created",
@@ -227,7 +272,9 @@ async def _recovery_point(tx: Tx, caller: Caller, resource_id: str) -> None:
 async def _resume_create(svc: Services, caller: Caller, payment_id: str, p: dict[str, Any],
                          card: CardInput | None) -> tuple[dict[str, Any], int]:
     row = await _load(svc, caller, payment_id)
-    if p.get("confirm") and row["status"] in (Status.REQUIRES_CONFIRMATION, Status.PROCESSING):
+    resumable = row["status"] == Status.REQUIRES_CONFIRMATION or (
+        row["status"] == Status.PROCESSING and row["payment_method_type"] == "card")
+    if p.get("confirm") and resumable:  # a local method's confirmation is one transaction
         cvc = card.cvc if card and isinstance(card.cvc, str) else None
         return await confirm_payment(svc, caller, payment_id, cvc=cvc), 201
     _raise_if_declined(row)
@@ -294,10 +341,13 @@ def _raise_if_declined(row: dict[str, Any]) -> None:
                            code=row["failure_code"], extra={"payment": payment_view(row)})
 
 
-async def _pricing(tx: Tx, merchant_id: str) -> dict[str, Any] | None:
-    row = (await tx.execute(select(merchants.c.pricing).where(merchants.c.id == merchant_id)))
-    first = row.first()
-    return first.pricing if first else None
+async def merchant_terms(svc: Services, tx: Tx, row: dict[str, Any]
+                         ) -> tuple[dict[str, Any] | None, int]:
+    """The merchant's fee plan and clock (``captured_at`` is on it, for refund windows)."""
+    found = (await tx.execute(select(merchants.c.pricing, merchants.c.sandbox_clock_offset_s)
+                              .where(merchants.c.id == row["merchant_id"]))).first()
+    offset = 0 if found is None or row["livemode"] else int(found.sandbox_clock_offset_s)
+    return (found.pricing if found else None), svc.now() + offset
 
 
 # ---- confirm ------------------------------------------------------------------------------
@@ -317,6 +367,9 @@ async def confirm_payment(
             row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url,
                                          now)
             if row["status"] == Status.FAILED:  # blocked by risk: no acquirer call
+                attempt_id = ""
+            elif row["payment_method_type"] in local_rules.LOCAL_METHODS:
+                row = await _issue_local(svc, tx, caller, row, now)
                 attempt_id = ""
             else:
                 three_ds = None
@@ -345,11 +398,11 @@ async def _prepare_confirm(
                        code="payment_invalid_state")
     values: dict[str, Any] = {}
     if payment_method is not None:
-        pm_view = await _resolve_payment_method(svc, tx, caller, payment_method, card)
-        assert pm_view is not None
-        values.update(payment_method=pm_view, payment_method_id=pm_view["id"],
-                      payment_method_type="card")
-    elif row["payment_method_id"] is None:
+        pm_cols = await _resolve_payment_method(svc, tx, caller, payment_method, card,
+                                                payment=row)
+        assert pm_cols is not None
+        values.update(pm_cols)
+    elif row["payment_method"] is None:
         raise Conflict(f"payment {row['id']} has no payment method: confirm with "
                        "payment_method", code="payment_invalid_state")
     if return_url is not None:
@@ -357,6 +410,8 @@ async def _prepare_confirm(
     if values:
         row = await change_status(tx, caller, row, Status.REQUIRES_CONFIRMATION, values, now=now,
                                   action="update", event_type=None)
+    if row["payment_method_type"] in local_rules.LOCAL_METHODS:
+        return row  # no card, no risk check of one: _issue_local hands out the voucher
     pm = row["payment_method"] or {}
     if risk_blocks(bin6=(await _bin6(tx, row["payment_method_id"])), fingerprint=pm.get("card", {})
                    .get("fingerprint"), amount=row["amount"]):
@@ -365,6 +420,44 @@ async def _prepare_confirm(
             "failure_message": "The payment was blocked as likely fraudulent by risk checks."},
             now=now, action="confirm")
     return row
+
+
+async def _issue_local(svc: Services, tx: Tx, caller: Caller, row: dict[str, Any],
+                       now: int) -> dict[str, Any]:
+    """Confirm a local method in the same transaction: the sandbox issuer hands out the voucher,
+    the account to transfer to, or the debit's mandate (no external call, so no crash window)."""
+    m, cur, lm = row["merchant_id"], row["currency"], bool(row["livemode"])
+    clock = await merchant_now(svc, tx, m, lm)
+    issued = local_rules.issue(local_rules.from_view(row["payment_method"]), seed=row["id"],
+                               now=clock, amount=row["amount"], currency=cur,
+                               voucher_url=voucher_url(svc, caller, row["id"]),
+                               device=row["device"])
+    if issued.status == Status.PROCESSING:  # a debit submitted: a memo until the bank answers
+        await post_journal(tx, merchant_id=m, livemode=lm, kind="debit_submitted",
+                           reference_id=row["id"],
+                           entries=ledger.debit_submitted(m, cur, row["amount"]), now=now)
+    new = await change_status(tx, caller, row, issued.status, {
+        "next_action": issued.next_action, "expires_at": issued.expires_at,
+        "settles_at": issued.settles_at, "payment_method": issued.method_view,
+        "connector": DEFAULT_CONNECTOR}, now=now, action="confirm")
+    await _after_payment_change(tx, caller, new, now)
+    return new
+
+
+async def release_part_payments(tx: Tx, row: dict[str, Any], now: int, why: str) -> None:
+    """A bank transfer canceled (or expired) after part payments: that money is the shopper's;
+    it moves to the suspense account and is raised for review, to be returned."""
+    held = int(row["amount_received"])
+    if held <= 0 or row["status"] != Status.REQUIRES_ACTION:
+        return
+    m, cur, lm = row["merchant_id"], row["currency"], bool(row["livemode"])
+    await post_journal(tx, merchant_id=m, livemode=lm, kind="unapplied_funds",
+                       reference_id=row["id"], entries=ledger.move(
+                           m, cur, held, "shopper_funds_held", "unapplied_funds"), now=now)
+    await _review(tx, row, "part_payment_unapplied", {
+        "amount": held, "currency": cur, "reason": why,
+        "note": "part payments of a transfer that will not complete; return them to the shopper"},
+        now)
 
 
 async def _bin6(tx: Tx, pm_id: str) -> str:
@@ -430,10 +523,12 @@ async def _finish_attempt(tx: Tx, attempt_id: str, result: ConnectorResult, now:
 
 
 async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any],
-                  now: int) -> None:
+                  now: int) -> str:
+    review_id = new_id("rev_")
     await tx.execute(insert(review_items).values(
-        id=new_id("rev_"), merchant_id=row["merchant_id"], livemode=row["livemode"],
+        id=review_id, merchant_id=row["merchant_id"], livemode=row["livemode"],
         object_id=row["id"], kind=kind, details=details, status="open", created=now))
+    return review_id
 
 
 async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
@@ -441,13 +536,14 @@ async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: di
     m, cur, amt = row["merchant_id"], row["currency"], row["amount"]
     ref = result.connector_reference
     if result.outcome == Outcome.CAPTURED:
-        fee = ledger.fee_for(await _pricing(tx, m), "card", cur, amt)
+        pricing, clock = await merchant_terms(svc, tx, row)
+        fee = ledger.fee_for(pricing, "card", cur, amt)
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
                            reference_id=row["id"], entries=ledger.capture(m, cur, amt, fee,
                                                                           held=False), now=now)
         new = await change_status(tx, caller, row, Status.SUCCEEDED, {
             "amount_received": amt, "amount_capturable": 0, "fee": fee,
-            "connector_reference": ref, "captured_at": now, "next_action": None}, now=now,
+            "connector_reference": ref, "captured_at": clock, "next_action": None}, now=now,
             action="capture")
     elif result.outcome == Outcome.AUTHORIZED:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]),
@@ -480,14 +576,15 @@ async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict
             action="capture", event_type="payment.capture_failed")
     amount = int(attempt.amount)
     held = row["amount_capturable"]
-    fee = ledger.fee_for(await _pricing(tx, m), "card", cur, amount)
+    pricing, clock = await merchant_terms(svc, tx, row)
+    fee = ledger.fee_for(pricing, "card", cur, amount)
     entries = ledger.capture(m, cur, amount, fee, held=True)
     if held > amount:
         entries += ledger.release(m, cur, held - amount)
     await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
                        reference_id=row["id"], entries=entries, now=now)
     new = await change_status(tx, caller, row, Status.SUCCEEDED, {
-        "amount_received": amount, "amount_capturable": 0, "fee": fee, "captured_at": now},
+        "amount_received": amount, "amount_capturable": 0, "fee": fee, "captured_at": clock},
         now=now, action="capture")
     await _after_payment_change(tx, caller, new, now)
     return new
@@ -605,6 +702,7 @@ async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
                            "is being asked); retry once it has answered",
                            code="payment_invalid_state")
         if row["status"] != Status.REQUIRES_CAPTURE:  # nothing held at the acquirer
+            await release_part_payments(tx, row, now, reason or "canceled")
             new = await change_status(tx, caller, row, Status.CANCELED, {
                 "cancellation_reason": reason, "canceled_at": now, "next_action": None},
                 now=now, action="cancel")

@@ -2,6 +2,13 @@
 
 The payment row is locked (PostgreSQL ``FOR UPDATE``; SQLite's single writer) while the
 refund is reserved against it, so any number of concurrent refunds add up correctly.
+
+Card refunds go back through the acquirer. Methods without a card network (konbini, pay_easy,
+bank_transfer, boleto) are refunded by bank transfer to an account the merchant gives in
+``destination`` (the shopper's); SEPA debits are refunded to the debited IBAN. These refunds are
+booked when accepted (``refunds_payable``) and stay ``pending`` until the payout is made: by
+the worker's ``pay_out_refunds`` job at ``completes_at`` (the merchant's clock), or at once by
+the sandbox helper. An over-paid transfer's excess is refunded with ``source: overpayment``.
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from openpse.connectors.base import ConnectorResult, Outcome
-from openpse.domain import ledger
-from openpse.domain.errors import InvalidRequest
+from openpse.domain import bank_details, ledger
+from openpse.domain import local_methods as local_rules
+from openpse.domain.errors import Conflict, InvalidRequest
 from openpse.domain.money import parse_amount
 from openpse.domain.payments import Status
+from openpse.services.clock import merchant_now, offset_sql
 from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.services.payments import (
@@ -28,35 +37,51 @@ from openpse.storage.db import Tx
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import load_scoped, update_versioned
 from openpse.storage.rows import apply_page, page_result, row_dict
-from openpse.storage.tables import payment_attempts, payments, refunds
+from openpse.storage.tables import merchants, payment_attempts, payments, refunds
 
-__all__ = ["REFUND_REASONS", "REFUND_WINDOW_S", "create_refund", "get_refund", "list_refunds"]
+__all__ = ["REFUND_REASONS", "REFUND_SOURCES", "REFUND_WINDOW_S", "complete_bank_refund",
+           "create_refund", "get_refund", "list_refunds", "pay_out_due_refunds"]
 
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
-# How long after capture a payment method can be refunded through its network.
-REFUND_WINDOW_S = {"card": 180 * 86400}
+REFUND_SOURCES = ("payment", "overpayment")
+# How long after capture a payment method can be refunded, per method (domain.local_methods).
+REFUND_WINDOW_S = {k: days * 86400 for k, days in local_rules.REFUND_WINDOW_DAYS.items()}
 DEFAULT_REFUND_WINDOW_S = 180 * 86400
+PAYOUT_BATCH = 100
 
 
 async def create_refund(svc: Services, caller: Caller, payment_id: str, amount: Any = None,
-                        reason: str | None = None, metadata: Any = None) -> dict[str, Any]:
+                        reason: str | None = None, metadata: Any = None,
+                        destination: Any = None, source: str | None = None) -> dict[str, Any]:
     if caller.resume_resource_id:
         return await _resume(svc, caller, caller.resume_resource_id)
     if reason is not None and reason not in REFUND_REASONS:
         raise InvalidRequest(f"reason must be one of {', '.join(REFUND_REASONS)}", param="reason")
+    if source is not None and source not in REFUND_SOURCES:
+        raise InvalidRequest(f"source must be one of {', '.join(REFUND_SOURCES)}", param="source")
     md = validate_metadata(metadata)
     now = svc.now()
     async with svc.db.transaction() as tx:
         pay = await load_scoped(tx, payments, payment_id, merchant_id=caller.merchant_id,
                                 livemode=caller.livemode, lock=True, what="payment",
                                 param="payment")
-        amt = _check_refundable(pay, amount, now)
+        method = pay["payment_method_type"] or "card"
+        if method != "card":
+            return await _create_bank_refund(svc, tx, caller, pay, amount, reason, md,
+                                             destination, source or "payment", now)
+        if destination is not None:
+            raise InvalidRequest("card refunds go back to the card: send no destination",
+                                 param="destination")
+        if source == "overpayment":
+            raise InvalidRequest("only bank transfers can be over-paid", param="source")
+        clock = await merchant_now(svc, tx, pay["merchant_id"], bool(pay["livemode"]))
+        amt = _check_refundable(pay, amount, clock)
         refund = {
             "id": _new_id(), "merchant_id": caller.merchant_id, "livemode": caller.livemode,
             "payment_id": payment_id, "amount": amt, "currency": pay["currency"],
             "status": "pending", "reason": reason, "metadata": md, "failure_code": None,
-            "failure_message": None, "destination": None, "created": now, "updated": now,
-            "version": 1,
+            "failure_message": None, "destination": None, "source": "payment",
+            "completes_at": None, "created": now, "updated": now, "version": 1,
         }
         await tx.execute(insert(refunds).values(**refund))
         before = payment_view(pay)
@@ -78,6 +103,80 @@ def _new_id() -> str:
     from openpse.domain.ids import new_id
 
     return new_id("re_")
+
+
+async def _create_bank_refund(svc: Services, tx: Tx, caller: Caller, pay: dict[str, Any],
+                              amount: Any, reason: str | None, md: dict[str, str],
+                              destination: Any, source: str, now: int) -> dict[str, Any]:
+    """A refund paid by bank transfer: booked now, ``pending`` until the payout."""
+    m, cur, lm = pay["merchant_id"], pay["currency"], bool(pay["livemode"])
+    clock = await merchant_now(svc, tx, m, lm)
+    refund_id = _new_id()
+    if source == "overpayment":
+        amt = _check_overpayment_refundable(pay, amount)
+    else:
+        amt = _check_refundable(pay, amount, clock)
+    dest = _destination(svc, pay, destination, refund_id)
+    refund = {
+        "id": refund_id, "merchant_id": m, "livemode": lm, "payment_id": pay["id"],
+        "amount": amt, "currency": cur, "status": "pending", "reason": reason, "metadata": md,
+        "failure_code": None, "failure_message": None, "destination": dest, "source": source,
+        "completes_at": clock + local_rules.BANK_REFUND_DELAY_S, "created": now, "updated": now,
+        "version": 1,
+    }
+    await tx.execute(insert(refunds).values(**refund))
+    await post_journal(tx, merchant_id=m, livemode=lm, kind="refund", reference_id=refund_id,
+                       entries=ledger.bank_refund_accepted(m, cur, amt, source), now=now)
+    field = "amount_refunded" if source == "payment" else "amount_overpaid_refunded"
+    before = payment_view(pay)
+    pay = await update_versioned(tx, payments, pay, {field: pay[field] + amt}, now=now)
+    await record_event(tx, caller=caller, merchant_id=m, livemode=lm, type="refund.created",
+                       obj=refund_view(refund), previous=None, now=now)
+    after = payment_view(pay)
+    await record_event(tx, caller=caller, merchant_id=m, livemode=lm,
+                       type="payment.refund_pending", obj=after,
+                       previous=changed_fields(before, after), now=now)
+    await _recovery_point(tx, caller, refund_id)
+    return refund_view(refund)
+
+
+def _destination(svc: Services, pay: dict[str, Any], destination: Any,
+                 refund_id: str) -> dict[str, Any]:
+    """Where a bank refund goes: the account in ``destination``, or a debit's own IBAN."""
+    method = pay["payment_method_type"]
+    if method == "sepa_debit":
+        if destination is not None:
+            raise InvalidRequest("SEPA debits are refunded to the debited account: send no "
+                                 "destination", param="destination")
+        debit = (pay["payment_method"] or {}).get("sepa_debit") or {}
+        return {"type": "iban", "country": debit.get("country"),
+                "bank_code": debit.get("bank_code"), "last4": debit.get("last4"),
+                "account_holder_name": debit.get("account_holder_name"),
+                "mandate": (debit.get("mandate") or {}).get("reference")}
+    wanted = local_rules.refund_destination_type(method, pay["currency"])
+    if wanted is None:  # pragma: no cover - every local method has a refund route
+        raise InvalidRequest(f"{method} payments cannot be refunded here", param="payment")
+    if destination is None:
+        raise InvalidRequest(
+            f"{method} has no card network to send money back through: give the shopper's "
+            f"account as destination (type {wanted})", code="parameter_missing",
+            param="destination")
+    account = bank_details.validate_destination(destination, wanted)
+    return {**account.view, "account_number_enc": svc.secrets.encrypt(
+        account.secret, context=f"refund_destination:{refund_id}")}
+
+
+def _check_overpayment_refundable(pay: dict[str, Any], amount: Any) -> int:
+    """The excess of an over-paid transfer is the shopper's: refundable without a window."""
+    left = int(pay["amount_overpaid"]) - int(pay["amount_overpaid_refunded"])
+    if pay["payment_method_type"] != "bank_transfer":
+        raise InvalidRequest("only bank transfers can be over-paid", param="source")
+    amt = left if amount is None else parse_amount(amount, pay["currency"])
+    if amt > left or amt <= 0:
+        raise InvalidRequest(
+            f"refund amount {amt} is more than the {left} {pay['currency']} of over-payment left "
+            f"to refund on payment {pay['id']}", code="amount_too_large", param="amount")
+    return amt
 
 
 def _check_refundable(pay: dict[str, Any], amount: Any, now: int) -> int:
@@ -214,3 +313,84 @@ async def resolve_refund_attempt(svc: Services, attempt: Any) -> None:
         await _execute(svc, None, ref, pay, attempt.id)
         return
     await apply_refund_result(svc, None, attempt.refund_id, attempt.id, result)
+
+
+# ---- refunds by bank transfer: the payout -------------------------------------------------
+
+async def complete_bank_refund(svc: Services, caller: Caller, refund_id: str,
+                               outcome: str) -> dict[str, Any]:
+    """Sandbox: the payout of a pending bank refund is made (``succeed``) or bounces (``fail``)."""
+    if outcome not in ("succeed", "fail"):
+        raise InvalidRequest("outcome must be succeed or fail", param="outcome")
+    async with svc.db.transaction() as tx:
+        ref = await load_scoped(tx, refunds, refund_id, merchant_id=caller.merchant_id,
+                                livemode=caller.livemode, lock=True, what="refund")
+        if ref["completes_at"] is None:
+            raise InvalidRequest(f"refund {refund_id} goes back through the card network; only "
+                                 "refunds paid by bank transfer wait for a payout",
+                                 code="refund_method_mismatch")
+        if ref["status"] != "pending":
+            raise Conflict(f"refund {refund_id} is {ref['status']}: only a pending refund can be "
+                           "paid out", code="refund_invalid_state")
+        failure = None if outcome == "succeed" else local_rules.SANDBOX_REFUND_FAILURE[1:]
+        return await _pay_out(tx, caller, ref, failure, svc.now())
+
+
+async def pay_out_due_refunds(svc: Services, now_s: int) -> int:
+    """The worker: pending bank refunds whose payout time has come (merchant's clock) are paid;
+    a sandbox account ending in 9999 bounces. Exactly once per refund (row lock + re-check)."""
+    r = refunds.c
+    stmt = (select(r.id, r.merchant_id, r.livemode)
+            .select_from(refunds.join(merchants, merchants.c.id == r.merchant_id))
+            .where(r.status == "pending", r.completes_at.is_not(None),
+                   r.completes_at <= now_s + offset_sql(r.livemode))
+            .order_by(r.completes_at).limit(PAYOUT_BATCH))
+    async with svc.db.read() as conn:
+        due = (await conn.execute(stmt)).all()
+    done = 0
+    for refund_id, merchant_id, livemode in due:
+        async with svc.db.transaction() as tx:
+            ref = await load_scoped(tx, refunds, refund_id, merchant_id=merchant_id,
+                                    livemode=bool(livemode), lock=True, what="refund")
+            if ref["status"] != "pending":
+                continue  # completed by the helper, or another worker, meanwhile
+            last4 = str((ref["destination"] or {}).get("last4"))
+            await _pay_out(tx, None, ref, local_rules.sandbox_refund_failure(last4), now_s)
+        done += 1
+    return done
+
+
+async def _pay_out(tx: Tx, caller: Caller | None, ref: dict[str, Any],
+                   failure: tuple[str, str] | None, now: int) -> dict[str, Any]:
+    m, cur, lm, amt = ref["merchant_id"], ref["currency"], bool(ref["livemode"]), ref["amount"]
+    source = ref["source"] or "payment"
+    pay = await load_scoped(tx, payments, ref["payment_id"], merchant_id=m, livemode=lm,
+                            lock=True, what="payment")
+    before_ref = refund_view(ref)
+    if failure is None:
+        await post_journal(tx, merchant_id=m, livemode=lm, kind="refund_paid",
+                           reference_id=ref["id"], entries=ledger.bank_refund_paid(m, cur, amt),
+                           now=now)
+        new = await update_versioned(tx, refunds, ref, {"status": "succeeded"}, now=now)
+        if source == "payment":
+            before_pay = payment_view(pay)
+            pay = await update_versioned(tx, payments, pay, {}, now=now)
+            after_pay = payment_view(pay)
+            await record_event(tx, caller=caller, merchant_id=m, livemode=lm,
+                               type="payment.refunded", obj=after_pay,
+                               previous=changed_fields(before_pay, after_pay), now=now)
+        etype = "refund.succeeded"
+    else:
+        await post_journal(tx, merchant_id=m, livemode=lm, kind="refund_reversal",
+                           reference_id=ref["id"],
+                           entries=ledger.bank_refund_failed(m, cur, amt, source), now=now)
+        new = await update_versioned(tx, refunds, ref, {
+            "status": "failed", "failure_code": failure[0], "failure_message": failure[1]},
+            now=now)
+        field = "amount_refunded" if source == "payment" else "amount_overpaid_refunded"
+        await update_versioned(tx, payments, pay, {field: pay[field] - amt}, now=now)
+        etype = "refund.failed"
+    after = refund_view(new)
+    await record_event(tx, caller=caller, merchant_id=m, livemode=lm, type=etype, obj=after,
+                       previous=changed_fields(before_ref, after), now=now)
+    return after

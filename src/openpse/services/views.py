@@ -6,7 +6,7 @@ from typing import Any
 
 from openpse.storage.rows import rfc3339
 
-__all__ = ["payment_view", "refund_view"]
+__all__ = ["destination_view", "payment_view", "refund_view"]
 
 
 def payment_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -21,6 +21,9 @@ def payment_view(row: dict[str, Any]) -> dict[str, Any]:
         "amount_received": row["amount_received"],
         "amount_refunded": row["amount_refunded"],
         "refunded": row["amount_received"] > 0 and row["amount_refunded"] == row["amount_received"],
+        # Received beyond ``amount`` (an over-paid bank transfer): the shopper's, refundable.
+        "amount_overpaid": row.get("amount_overpaid") or 0,
+        "amount_overpaid_refunded": row.get("amount_overpaid_refunded") or 0,
         "fee": row["fee"],
         "capture_method": row["capture_method"],
         "merchant_order_id": row["merchant_order_id"],
@@ -58,7 +61,16 @@ def refund_view(row: dict[str, Any]) -> dict[str, Any]:
         "metadata": row["metadata"] or {},
         "failure_code": row["failure_code"],
         "failure_message": row["failure_message"],
+        "source": row.get("source") or "payment",
+        "destination": destination_view(row.get("destination")),
         "created": rfc3339(row["created"]),
         "updated": rfc3339(row["updated"]),
         "version": row["version"],
     }
+
+
+def destination_view(dest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A refund's bank account as shown: never the encrypted full number stored beside it."""
+    if not dest:
+        return None
+    return {k: v for k, v in dest.items() if not k.endswith("_enc")}

@@ -45,12 +45,15 @@ __all__ = [
 ]
 
 DISABLED_EVENT = "webhook_endpoint.disabled"
-# Every event type an endpoint may subscribe to (CONTRACT §4, plus what the code emits).
+# Every event type an endpoint may subscribe to (CONTRACT §4, plus what the code emits). A new
+# event type must be added here; tests/unit/test_webhook_keyring.py checks the source for it.
 EVENT_TYPES: frozenset[str] = frozenset(
     {t for t in EVENT_FOR_STATUS.values() if t is not None}
     | {
         "payment.created", "payment.requires_action", "payment.processing", "payment.authorized",
         "payment.succeeded", "payment.failed", "payment.canceled", "payment.capture_failed",
+        "payment.expiring_soon", "payment.overpaid", "payment.partially_funded",
+        "payment.refund_pending", "payment.refunded",
         "refund.created", "refund.succeeded", "refund.failed", "refund.canceled",
         "checkout.session.completed", "checkout.session.expired",
         DISABLED_EVENT,

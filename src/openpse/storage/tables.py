@@ -189,9 +189,17 @@ payments = Table(
     Column("captured_at", BigInteger),
     Column("canceled_at", BigInteger),
     *_stamps(),
+    # Local methods (migration 0003). Received beyond ``amount`` (a bank transfer over-paid): the
+    # shopper's money, refundable; ``amount_overpaid_refunded`` of it refunded or pending.
+    Column("amount_overpaid", BigInteger, nullable=False, server_default="0"),
+    Column("amount_overpaid_refunded", BigInteger, nullable=False, server_default="0"),
+    Column("settles_at", BigInteger),  # a SEPA debit: when the shopper's bank answers
+    Column("expiry_warned_at", BigInteger),  # payment.expiring_soon was emitted (once)
+    Column("payment_method_enc", Text),  # AES-GCM of the method's secret (a debit's IBAN)
     Index("ix_payments_scope_id", "merchant_id", "livemode", "id"),
     Index("ix_payments_scope_order", "merchant_id", "livemode", "merchant_order_id"),
     Index("ix_payments_status_expires", "status", "expires_at"),
+    Index("ix_payments_status_settles", "status", "settles_at"),
 )
 
 # Every call to an acquirer, persisted before the call is made (status "pending"), so a crash
@@ -231,7 +239,12 @@ refunds = Table(
     Column("failure_message", String(500)),
     Column("destination", JSON),  # bank details for methods without a card network
     *_stamps(),
+    # Local methods (migration 0003): ``payment`` (the merchant's money) or ``overpayment`` (an
+    # over-paid transfer's excess); when a refund by bank transfer is paid out.
+    Column("source", String(16), nullable=False, server_default="payment"),
+    Column("completes_at", BigInteger),
     Index("ix_refunds_scope_id", "merchant_id", "livemode", "id"),
+    Index("ix_refunds_status_completes", "status", "completes_at"),
 )
 
 checkout_sessions = Table(

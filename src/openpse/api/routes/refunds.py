@@ -16,7 +16,8 @@ router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
 @router.post("", status_code=201, summary="Refund a payment (all that is left by default)")
 async def create_refund(body: RefundCreate, caller: CallerDep, svc: ServicesDep) -> Any:
     return await svc_refunds.create_refund(svc, caller, body.payment, body.amount, body.reason,
-                                           body.metadata)
+                                           body.metadata, destination=body.destination,
+                                           source=body.source)
 
 
 @router.get("", summary="List refunds, newest first")

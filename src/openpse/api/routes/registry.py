@@ -23,3 +23,8 @@ from openpse.api.routes import checkout  # noqa: E402
 from openpse.pages import views as pages  # noqa: E402
 
 ROUTERS += [checkout.router, pages.router]
+
+# Who the caller is as the server sees it (key, mode, client address, clock): openpse doctor.
+from openpse.api.routes import whoami  # noqa: E402
+
+ROUTERS += [whoami.router]

@@ -1,0 +1,1 @@
+"""A small shop integrated with OpenPSE through the SDK (see README.md)."""
