@@ -48,7 +48,8 @@ def build_services(settings: Settings) -> Services:
 
 def _register_hooks() -> None:
     """Import the modules whose hooks and event sinks must be registered in every process."""
-    import openpse.services.checkout  # noqa: F401  (completes sessions with their payments)
+    import openpse.services.checkout
+    import openpse.services.webhook_endpoints  # noqa: F401  (the webhook outbox event sink)
 
 
 def _attach_connectors(svc: Services) -> None:
@@ -93,7 +94,9 @@ def build_app(settings: Settings, *, services: Services | None = None) -> Runtim
             svc.db, svc.secrets, nonces, window_s=settings.timestamp_window_s,
         ),
         rate_limiter=make_rate_limiter(redis_client),
-        idempotency=IdempotencyStore(svc.db, lock_timeout_s=settings.idempotency_lock_timeout_s),
+        idempotency=IdempotencyStore(
+            svc.db, svc.secrets, lock_timeout_s=settings.idempotency_lock_timeout_s
+        ),
         request_log=RequestLogWriter(svc.db),
         max_body_bytes=settings.max_body_bytes,
         default_rate_per_s=settings.rate_limit,

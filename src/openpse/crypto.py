@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 __all__ = ["DecryptionFailed", "Fingerprinter", "SecretBox", "derive_key"]
 
 NONCE_BYTES = 12
+_DECRYPT_FAILED = "cannot decrypt: wrong key, altered or moved ciphertext"
 
 
 class DecryptionFailed(Exception):
@@ -59,6 +60,20 @@ class SecretBox:
             raise DecryptionFailed(
                 "cannot decrypt: wrong key, altered or moved ciphertext"
             ) from exc
+
+    def encrypt_bytes(self, plaintext: bytes, *, context: str) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        ct = self._aead[self.current_version].encrypt(nonce, plaintext, context.encode())
+        return f"v{self.current_version}:".encode() + base64.b64encode(nonce + ct)
+
+    def decrypt_bytes(self, token: bytes, *, context: str) -> bytes:
+        head, _, body = token.partition(b":")
+        try:
+            aead = self._aead[int(head[1:])]
+            raw = base64.b64decode(body)
+            return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())
+        except Exception as exc:
+            raise DecryptionFailed(_DECRYPT_FAILED) from exc
 
     def key_version_of(self, token: str) -> int:
         return int(token.partition(":")[0][1:])

@@ -314,6 +314,69 @@ def step_konbini_expired(ctx: dict[str, Any]) -> str:
             "→ 409 payment_expired, money held for review")
 
 
+class _Receiver:
+    """A merchant's webhook handler: a real HTTP server on 127.0.0.1 that keeps what arrives."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        received: list[tuple[dict[str, str], bytes]] = []
+        self.received = received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def step_webhook_endpoint(ctx: dict[str, Any]) -> str:
+    receiver = _Receiver()
+    ctx["receiver"] = receiver
+    ep = ctx["client"].webhook_endpoints.create(url=receiver.url, enabled_events=["*"])
+    _check(ep["secret"].startswith("whsec_"), "the endpoint secret is shown at creation")
+    ctx["webhook_secret"] = ep["secret"]
+    return f"{ep['id']} → {receiver.url} (local deliveries allowed in this sandbox)"
+
+
+def step_webhooks_arrived(ctx: dict[str, Any]) -> str:
+    from openpse_sdk.webhooks import verify
+
+    receiver: _Receiver = ctx["receiver"]
+    target = ctx["paid"]["id"]
+    deadline = time.monotonic() + 20
+    seen: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        for headers, body in list(receiver.received):
+            event = verify(body, headers, ctx["webhook_secret"])
+            _check(headers["webhook-id"] == event["id"], "webhook-id is the event id")
+            seen[event["id"]] = event
+        succeeded = [e for e in seen.values() if e["type"] == "payment.succeeded"
+                     and e["data"]["object"]["id"] == target]
+        if succeeded:
+            break
+        time.sleep(0.2)
+    receiver.close()
+    _check(bool(seen), "no webhook arrived")
+    _check(any(e["type"] == "payment.succeeded" and e["data"]["object"]["id"] == target
+               for e in seen.values()), f"payment.succeeded for {target} did not arrive")
+    types = sorted({e["type"] for e in seen.values()})
+    _check(all(e["object"] == "event" for e in seen.values()), "every delivery is an event")
+    return (f"{len(seen)} events delivered and verified (Standard Webhooks signature), "
+            f"types: {', '.join(types[:6])}{' ...' if len(types) > 6 else ''}")
+
+
 def step_ledger(ctx: dict[str, Any]) -> str:
     import asyncio
 
@@ -337,6 +400,7 @@ def step_ledger(ctx: dict[str, Any]) -> str:
 STEPS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("A signed API call", step_signed_call),
     ("Signing mistakes are explained", step_bad_signature),
+    ("A webhook endpoint on a local receiver", step_webhook_endpoint),
     ("A card payment", step_card_payment),
     ("A 3-D Secure payment", step_3ds),
     ("A declined card", step_decline),
@@ -346,5 +410,6 @@ STEPS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("A checkout session paid on its hosted page", step_checkout),
     ("A konbini voucher paid at the store", step_konbini_paid),
     ("A konbini voucher left unpaid expires (test clock + worker)", step_konbini_expired),
+    ("Webhooks arrived and their signatures verify", step_webhooks_arrived),
     ("Ledger verification", step_ledger),
 ]

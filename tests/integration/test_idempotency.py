@@ -175,3 +175,24 @@ async def test_a_5xx_is_not_stored_and_the_retry_finishes_once(merchant, service
     assert [(o["operation"], o["amount"]) for o in ops] == [("sale", 2000)]
     assert [j["kind"] for j in await journals_for(services, pay["id"])] == ["capture"]
     assert not await ledger_problems(services)
+
+
+async def test_stored_responses_keep_shown_once_secrets_encrypted(services, merchant):
+    """A replay must return the secret again, but the database must never hold it in clear."""
+    from sqlalchemy import select
+
+    from openpse.storage.tables import idempotency_keys
+
+    raw = merchant.raw()
+    key = "secret-" + uuid.uuid4().hex
+    first = raw.post("/v1/access_keys", {"description": "ci"}, headers={"Idempotency-Key": key})
+    assert first.status_code == 201, first.text
+    secret = first.json()["secret"]
+    again = raw.post("/v1/access_keys", {"description": "ci"}, headers={"Idempotency-Key": key})
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.content == first.content
+    async with services.db.read() as conn:
+        stored = (await conn.execute(select(idempotency_keys.c.response_body).where(
+            idempotency_keys.c.key == key))).scalar_one()
+    assert secret.encode() not in bytes(stored)
+    assert b"sk_test_" not in bytes(stored)

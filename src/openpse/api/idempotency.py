@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from openpse.crypto import SecretBox
 from openpse.domain.errors import IdempotencyFailure, InvalidRequest
 from openpse.storage.db import Database
 from openpse.storage.tables import idempotency_keys
@@ -26,6 +27,10 @@ __all__ = ["Claimed", "IdempotencyStore", "Replay", "request_hash", "validate_ke
 RETENTION_S = 24 * 3600 + 3600  # at least 24 h, as the contract promises
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER_NAMES = ("content-type",)
+
+
+def _context(record_id: int) -> str:
+    return f"idempotency_response:{record_id}"
 
 
 def validate_key(key: str) -> str:
@@ -61,8 +66,11 @@ class Claimed:
 
 
 class IdempotencyStore:
-    def __init__(self, db: Database, *, lock_timeout_s: int) -> None:
+    def __init__(self, db: Database, box: SecretBox, *, lock_timeout_s: int) -> None:
         self._db = db
+        # Stored responses can hold secrets shown once (new keys, webhook secrets): they are
+        # encrypted at rest like every other secret, bound to their row.
+        self._box = box
         self._lock_timeout_s = lock_timeout_s
 
     async def begin(
@@ -127,7 +135,8 @@ class IdempotencyStore:
                 code="idempotency_key_reused",
             )
         if row.status == "completed":
-            return Replay(row.response_status, dict(row.response_headers or {}), row.response_body)
+            body = self._box.decrypt_bytes(row.response_body, context=_context(row.id))
+            return Replay(row.response_status, dict(row.response_headers or {}), body)
         if row.locked_at is not None and row.locked_at > now - self._lock_timeout_s:
             raise IdempotencyFailure(
                 "a request with this Idempotency-Key is still in progress; retry after it "
@@ -164,7 +173,7 @@ class IdempotencyStore:
                     locked_at=None,
                     response_status=status,
                     response_headers=kept,
-                    response_body=body,
+                    response_body=self._box.encrypt_bytes(body, context=_context(record_id)),
                 )
             )
 
