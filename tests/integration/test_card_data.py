@@ -39,7 +39,7 @@ _CVC_NEAR = re.compile(r"(cvc|cvv|security.?code)\W{0,12}" + CVC, re.IGNORECASE)
 _CVC_VALUE = re.compile(r"[\"']" + CVC + r"[\"']")
 
 
-_HEX_NEIGHBOURS = frozenset("abcdefABCDEF-")
+_HEX_NEIGHBOURS = frozenset("abcdef-")  # lower-case hex digests, UUIDs
 
 
 def _luhn(digits: str) -> bool:
