@@ -61,4 +61,8 @@ def redact(obj: Any, depth: int = 0) -> Any:
         return [redact(v, depth + 1) for v in obj]
     if isinstance(obj, str):
         return redact_text(obj)
+    if isinstance(obj, int) and not isinstance(obj, bool) and 10**12 <= abs(obj) < 10**19:
+        # a number can be a card number too (a client may send one unquoted)
+        masked = mask_pans(str(obj))
+        return obj if masked == str(obj) else masked
     return obj

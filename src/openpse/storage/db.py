@@ -20,6 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from openpse.storage.inline_sqlite import inline_creator
+
 __all__ = ["Database", "Tx"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -45,8 +47,13 @@ class Database:
         if self.is_sqlite:
             # One long-lived writer connection (the single writer), a few readers. Opening a
             # connection per unit of work costs a thread and the PRAGMAs each time.
+            # Statements run inline on the event loop (storage/inline_sqlite.py): no thread hop
+            # per statement, and the write lock is held only while real work is done. WAL
+            # readers never wait for the writer, so inline reads do not stall the loop either.
+            path = make_url(url).database or ""
             self.engine = create_async_engine(
-                url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S
+                url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S,
+                async_creator=inline_creator(path),
             )
             self.read_engine = create_async_engine(
                 url,
@@ -54,6 +61,7 @@ class Database:
                 pool_size=SQLITE_READERS,
                 max_overflow=0,
                 pool_timeout=SQLITE_POOL_TIMEOUT_S,
+                async_creator=inline_creator(path),
             )
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
@@ -113,7 +121,8 @@ def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
-        dbapi_conn.isolation_level = None
+        if dbapi_conn.isolation_level is not None:
+            dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")

@@ -1,0 +1,133 @@
+"""SQLite for the async engine without a thread hop per call.
+
+aiosqlite runs every call on a helper thread; each statement then costs several hops between
+that thread and the event loop, and a write transaction stays open (holding SQLite's single
+write lock) while the loop serves other requests between those hops. SQLite calls themselves
+take microseconds, so for OpenPSE's short transactions it is faster *and* holds the write lock
+for less time to run them inline, on the event loop's thread.
+
+This module is a minimal stand-in with the shape of an ``aiosqlite`` connection that SQLAlchemy's
+aiosqlite dialect drives (``create_async_engine(..., async_creator=...)``): every method is a
+coroutine that completes at once. The cost is that a statement blocks the loop while it runs,
+so it suits the short indexed statements of the request path; ``busy_timeout`` waits (another
+*process* holding the write lock) block the loop too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["InlineConnection", "inline_creator"]
+
+
+class InlineCursor:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    async def __aenter__(self) -> InlineCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cursor.close()
+
+    def __await__(self) -> Any:  # ``await conn.cursor()``
+        async def _self() -> InlineCursor:
+            return self
+
+        return _self().__await__()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+    async def execute(self, sql: str, parameters: Any = None) -> InlineCursor:
+        if parameters is None:
+            self._cursor.execute(sql)
+        else:
+            self._cursor.execute(sql, parameters)
+        return self
+
+    async def executemany(self, sql: str, seq: Iterable[Any]) -> InlineCursor:
+        self._cursor.executemany(sql, seq)
+        return self
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(size if size is not None else self._cursor.arraysize)
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    async def nextset(self) -> None:
+        return None
+
+
+class InlineConnection:
+    """What SQLAlchemy's aiosqlite adapter expects of an aiosqlite connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._connection: sqlite3.Connection | None = conn
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._conn.isolation_level
+
+    def cursor(self) -> InlineCursor:
+        return InlineCursor(self._conn.cursor())
+
+    async def execute(self, sql: str, parameters: Any = None) -> InlineCursor:
+        return await self.cursor().execute(sql, parameters)
+
+    async def commit(self) -> None:
+        self._conn.commit()
+
+    async def rollback(self) -> None:
+        self._conn.rollback()
+
+    async def create_function(self, *args: Any, **kw: Any) -> None:
+        self._conn.create_function(*args, **kw)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection = None
+            self._conn.close()
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection = None
+            self._conn.close()
+
+
+def inline_creator(path: str) -> Callable[[], Any]:
+    """An ``async_creator`` for ``create_async_engine`` opening ``path`` inline."""
+
+    async def create() -> InlineConnection:
+        # isolation_level=None: SQLAlchemy's "begin" hook issues BEGIN [IMMEDIATE] itself.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        return InlineConnection(conn)
+
+    return create
