@@ -51,12 +51,26 @@ class Worker:
 
     async def run(self) -> None:
         log.info("worker started", jobs=sorted(self.jobs))
-        while not self._stop.is_set():
-            done = await self.run_once()
-            if done == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.poll_interval_s)
+        try:
+            while not self._stop.is_set():
+                done = await self.run_once()
+                if done == 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self.poll_interval_s)
+        finally:
+            await self._close_jobs()
         log.info("worker stopped")
+
+    async def _close_jobs(self) -> None:
+        """Graceful drain: a job with an ``aclose`` finishes what it has in flight."""
+        for name, job in self.jobs.items():
+            closer = getattr(job, "aclose", None)
+            if closer is None:
+                continue
+            try:
+                await closer()
+            except Exception:
+                log.exception("job failed to close", job=name)
 
 
 def housekeeping_jobs(svc: Services) -> dict[str, Job]:

@@ -483,3 +483,23 @@ async def test_a_name_that_turns_inward_after_creation_is_refused_at_send_time(
     assert d["status"] == "pending" and d["last_status_code"] is None
     assert d["attempts"][0]["error"].startswith("unsafe_url"), d["attempts"][0]
     assert "127.0.0.1" in d["attempts"][0]["error"]
+
+
+async def test_drain_lets_attempts_on_the_wire_finish_and_records_them(
+    hooks: Services, caller: Caller
+) -> None:
+    """A stopping worker claims nothing more but finishes and records what it is sending."""
+    r_ = build_runner(hooks, options=DeliveryOptions(lease_s=LEASE_S))
+    with Receiver() as r:
+        r.on("/slow", lambda _req, _n: Reply(delay_s=0.5))
+        ep = await endpoint(hooks, caller, r.url("/slow"))
+        await emit_events(hooks, caller, 2)
+        now = int(time.time())
+        await r_.run_once(now)  # claims and starts both attempts
+        assert r_.in_flight == 2
+        await emit_events(hooks, caller, 1)  # due, but a draining worker must not claim it
+        await r_.drain(now)
+        assert r_.in_flight == 0
+        log = await deliveries(hooks, caller, ep["id"])
+        assert sorted(d["status"] for d in log) == ["pending", "succeeded", "succeeded"]
+        assert len(r.at("/slow")) == 2

@@ -67,4 +67,10 @@ def jobs(svc: Services) -> dict[str, Any]:
     async def deliver_webhooks(now_s: int) -> int:
         return await runner.run_once(now_s)
 
+    async def drain() -> None:
+        import time
+
+        await runner.drain(int(time.time()))
+
+    deliver_webhooks.aclose = drain  # type: ignore[attr-defined]  # the worker calls it on stop
     return {"webhook_delivery": deliver_webhooks}

@@ -80,6 +80,7 @@ QUEUE_FACTOR = 2
 QUEUE_GAUGES_EVERY_S = 5.0
 KEYRING_CACHE_ENTRIES = 1024
 MAX_ROUNDS_UNTIL_IDLE = 100_000
+DRAIN_TIMEOUT_S = 10.0
 
 DisableHook = Callable[[Tx, str, str, int], Awaitable[None]]
 """``(tx, endpoint_id, reason, now_s)``: disable the endpoint and record its event, in ``tx``."""
@@ -150,6 +151,7 @@ class DeliveryRunner:
         self._want = 0
         self._keyrings: dict[tuple[str, str], list[SecretEntry]] = {}
         self._gauges_due_s = 0.0
+        self._draining = False
 
     @property
     def in_flight(self) -> int:
@@ -160,6 +162,8 @@ class DeliveryRunner:
         finished, self._finished = self._finished, []
         o = self.options
         room = min(o.batch_size, QUEUE_FACTOR * o.max_in_flight - sum(self._held.values()))
+        if self._draining:
+            room = 0
         self._rounds += 1
         claimed: list[ClaimedDelivery] = []
         try:
@@ -197,6 +201,21 @@ class DeliveryRunner:
             if done == 0 and not self._held and not self._finished:
                 return total
         raise RuntimeError("delivery did not become idle")
+
+    async def drain(self, now_s: int, *, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Graceful stop: claim nothing more, let attempts on the wire finish and record their
+        results (bounded by ``timeout_s``). Deliveries claimed but not started are dropped;
+        their leases run out and another worker sends them."""
+        self._draining = True
+        for endpoint_id, waiting in list(self._queued.items()):
+            self._held[endpoint_id] -= len(waiting)
+        self._queued.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        if not self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.run_once(now_s), timeout_s)  # record the results
+        await self.close()
 
     async def close(self) -> None:
         """Stop: running attempts are cancelled, queued ones dropped (their leases run out)."""
