@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--server-workers", type=int, default=1, help="API processes (`--workers`)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="openpse-bench-"))
     env = dict(os.environ, OPENPSE_DATABASE_URL=a.database_url, OPENPSE_MASTER_KEY=MASTER_KEY,
@@ -105,7 +106,8 @@ def main() -> None:
                          check=True, capture_output=True, text=True)
     creds = json.loads(out.stdout)
     port = _free_port()
-    server = subprocess.Popen([exe, "serve", "--port", str(port), "--no-worker"], env=env,
+    server = subprocess.Popen([exe, "serve", "--port", str(port), "--no-worker",
+                               "--workers", str(a.server_workers)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -135,7 +137,7 @@ def main() -> None:
         print(json.dumps({
             "scenario": "create+confirm card payment (signed, idempotency key)",
             "database": a.database_url.split(":", 1)[0], "requests": len(lat), "errors": errors,
-            "concurrency": a.concurrency, "elapsed_s": round(elapsed, 2),
+            "concurrency": a.concurrency, "server_workers": a.server_workers, "elapsed_s": round(elapsed, 2),
             "throughput_per_s": round(len(lat) / elapsed, 1),
             "p50_ms": round(_pct(lat, 0.50), 1), "p95_ms": round(_pct(lat, 0.95), 1),
             "p99_ms": round(_pct(lat, 0.99), 1), "max_ms": round(lat[-1] * 1000, 1) if lat else 0,
