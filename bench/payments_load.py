@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--server-workers", type=int, default=1, help="API processes (`--workers`)")
+    ap.add_argument("--server-workers", type=int, default=1, help="API processes")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="openpse-bench-"))
     env = dict(os.environ, OPENPSE_DATABASE_URL=a.database_url, OPENPSE_MASTER_KEY=MASTER_KEY,
