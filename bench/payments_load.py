@@ -137,7 +137,8 @@ def main() -> None:
         print(json.dumps({
             "scenario": "create+confirm card payment (signed, idempotency key)",
             "database": a.database_url.split(":", 1)[0], "requests": len(lat), "errors": errors,
-            "concurrency": a.concurrency, "server_workers": a.server_workers, "elapsed_s": round(elapsed, 2),
+            "concurrency": a.concurrency, "server_workers": a.server_workers,
+            "elapsed_s": round(elapsed, 2),
             "throughput_per_s": round(len(lat) / elapsed, 1),
             "p50_ms": round(_pct(lat, 0.50), 1), "p95_ms": round(_pct(lat, 0.95), 1),
             "p99_ms": round(_pct(lat, 0.99), 1), "max_ms": round(lat[-1] * 1000, 1) if lat else 0,
