@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,10 +141,6 @@ def _features(svc: Services) -> tuple[list[Any], list[Any], list[Any]]:
         shutdown.append(_stop)
     shutdown.append(svc.db.dispose)
     return routers, startup, shutdown
-
-
-def encode_key(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 async def run_worker(settings: Settings) -> None:

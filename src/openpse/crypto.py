@@ -45,21 +45,10 @@ class SecretBox:
         self.current_version = max(master_keys)
 
     def encrypt(self, plaintext: str, *, context: str) -> str:
-        nonce = os.urandom(NONCE_BYTES)
-        ct = self._aead[self.current_version].encrypt(nonce, plaintext.encode(), context.encode())
-        return f"v{self.current_version}:" + base64.b64encode(nonce + ct).decode()
+        return self.encrypt_bytes(plaintext.encode(), context=context).decode("ascii")
 
     def decrypt(self, token: str, *, context: str) -> str:
-        head, _, body = token.partition(":")
-        try:
-            version = int(head[1:])
-            aead = self._aead[version]
-            raw = base64.b64decode(body)
-            return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode()).decode()
-        except Exception as exc:  # wrong key, tampering, unknown version, garbage
-            raise DecryptionFailed(
-                "cannot decrypt: wrong key, altered or moved ciphertext"
-            ) from exc
+        return self.decrypt_bytes(token.encode(), context=context).decode()
 
     def encrypt_bytes(self, plaintext: bytes, *, context: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
@@ -74,9 +63,6 @@ class SecretBox:
             return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())
         except Exception as exc:
             raise DecryptionFailed(_DECRYPT_FAILED) from exc
-
-    def key_version_of(self, token: str) -> int:
-        return int(token.partition(":")[0][1:])
 
 
 class Fingerprinter:

@@ -12,7 +12,6 @@ from typing import Any, Literal
 import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
-from starlette.requests import Request
 from starlette.responses import Response
 
 from openpse.domain import errors as e
@@ -160,6 +159,3 @@ def _ctx_error(first: Any) -> str:
     ctx = first.get("ctx")
     return str(ctx.get("error", "")) if isinstance(ctx, dict) else ""
 
-
-def request_id_of(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None)

@@ -185,10 +185,3 @@ class IdempotencyStore:
                 .where(idempotency_keys.c.id == record_id)
                 .values(locked_at=0)
             )
-
-    async def purge(self, now: int) -> int:
-        async with self._db.transaction() as tx:
-            res = await tx.execute(
-                delete(idempotency_keys).where(idempotency_keys.c.expires_at < now)
-            )
-        return int(res.rowcount or 0)

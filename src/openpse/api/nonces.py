@@ -1,14 +1,15 @@
 """The replay store: a nonce is accepted once per access key inside the timestamp window.
 
 Database-backed by default (a primary key on (key, nonce) makes the check race-free across any
-number of processes); Redis ``SET NX EX`` when ``OPENPSE_REDIS_URL`` is set.
+number of processes); Redis ``SET NX EX`` when ``OPENPSE_REDIS_URL`` is set. Expired database
+rows are removed by the worker's housekeeping job.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sqlalchemy import delete, insert
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from openpse.storage.db import Database
@@ -38,11 +39,6 @@ class DatabaseNonceStore:
         except IntegrityError:
             return False
         return True
-
-    async def purge(self, now_s: int) -> int:
-        async with self._db.transaction() as tx:
-            res = await tx.execute(delete(nonces).where(nonces.c.expires_at < now_s))
-        return int(res.rowcount or 0)
 
 
 class RedisNonceStore:

@@ -10,5 +10,5 @@ RISK_BLOCK_CODE = "fraudulent"
 BLOCKED_TEST_CARDS = frozenset({"410000:0019"})
 
 
-def risk_blocks(*, bin6: str, fingerprint: str | None, amount: int) -> bool:
-    return bin6 in BLOCKED_TEST_CARDS
+def risk_blocks(*, card_key: str, fingerprint: str | None, amount: int) -> bool:
+    return card_key in BLOCKED_TEST_CARDS

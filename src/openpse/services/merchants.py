@@ -234,6 +234,14 @@ async def _load_key(
     return row_dict(row)
 
 
+async def get_access_key(
+    svc: Services, merchant_id: str, key_id: str, *, livemode: bool | None = None
+) -> dict[str, Any]:
+    async with svc.db.read() as conn:
+        row = await _load_key(conn, merchant_id, key_id, livemode)
+    return key_view(row, svc.now())
+
+
 async def list_access_keys(
     svc: Services, merchant_id: str, *, livemode: bool | None = None
 ) -> list[dict[str, Any]]:

@@ -413,8 +413,9 @@ async def _prepare_confirm(
     if row["payment_method_type"] in local_rules.LOCAL_METHODS:
         return row  # no card, no risk check of one: _issue_local hands out the voucher
     pm = row["payment_method"] or {}
-    if risk_blocks(bin6=(await _bin6(tx, row["payment_method_id"])), fingerprint=pm.get("card", {})
-                   .get("fingerprint"), amount=row["amount"]):
+    card_key = await _risk_card_key(tx, row["payment_method_id"])
+    fingerprint = pm.get("card", {}).get("fingerprint")
+    if risk_blocks(card_key=card_key, fingerprint=fingerprint, amount=row["amount"]):
         row = await change_status(tx, caller, row, Status.FAILED, {
             "failure_code": RISK_BLOCK_CODE,
             "failure_message": "The payment was blocked as likely fraudulent by risk checks."},
@@ -460,7 +461,8 @@ async def release_part_payments(tx: Tx, row: dict[str, Any], now: int, why: str)
         now)
 
 
-async def _bin6(tx: Tx, pm_id: str) -> str:
+async def _risk_card_key(tx: Tx, pm_id: str) -> str:
+    """``BIN6:last4`` of a vaulted card, what the risk rules match on."""
     row = (await tx.execute(select(payment_methods.c.bin6, payment_methods.c.last4).where(
         payment_methods.c.id == pm_id))).first()
     return f"{row.bin6}:{row.last4}" if row else ""

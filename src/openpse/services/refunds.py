@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from openpse.connectors.base import ConnectorResult, Outcome
 from openpse.domain import bank_details, ledger
 from openpse.domain import local_methods as local_rules
 from openpse.domain.errors import Conflict, InvalidRequest
+from openpse.domain.ids import new_id
 from openpse.domain.money import parse_amount
 from openpse.domain.payments import Status
 from openpse.services.clock import merchant_now, offset_sql
@@ -77,7 +78,7 @@ async def create_refund(svc: Services, caller: Caller, payment_id: str, amount: 
         clock = await merchant_now(svc, tx, pay["merchant_id"], bool(pay["livemode"]))
         amt = _check_refundable(pay, amount, clock)
         refund = {
-            "id": _new_id(), "merchant_id": caller.merchant_id, "livemode": caller.livemode,
+            "id": new_id("re_"), "merchant_id": caller.merchant_id, "livemode": caller.livemode,
             "payment_id": payment_id, "amount": amt, "currency": pay["currency"],
             "status": "pending", "reason": reason, "metadata": md, "failure_code": None,
             "failure_message": None, "destination": None, "source": "payment",
@@ -99,19 +100,13 @@ async def create_refund(svc: Services, caller: Caller, payment_id: str, amount: 
     return await _execute(svc, caller, refund, pay, attempt_id)
 
 
-def _new_id() -> str:
-    from openpse.domain.ids import new_id
-
-    return new_id("re_")
-
-
 async def _create_bank_refund(svc: Services, tx: Tx, caller: Caller, pay: dict[str, Any],
                               amount: Any, reason: str | None, md: dict[str, str],
                               destination: Any, source: str, now: int) -> dict[str, Any]:
     """A refund paid by bank transfer: booked now, ``pending`` until the payout."""
     m, cur, lm = pay["merchant_id"], pay["currency"], bool(pay["livemode"])
     clock = await merchant_now(svc, tx, m, lm)
-    refund_id = _new_id()
+    refund_id = new_id("re_")
     if source == "overpayment":
         amt = _check_overpayment_refundable(pay, amount)
     else:
@@ -222,8 +217,6 @@ async def apply_refund_result(svc: Services, caller: Caller | None, refund_id: s
         if result.outcome == Outcome.PENDING or ref["status"] != "pending" or (
                 attempt is not None and attempt.status != "pending"):
             return refund_view(ref)
-        from sqlalchemy import update
-
         ok = result.outcome == Outcome.SUCCEEDED
         await tx.execute(update(payment_attempts).where(payment_attempts.c.id == attempt_id)
                          .values(status="succeeded" if ok else "failed", updated=now,

@@ -99,10 +99,6 @@ class Database:
         async with self.read_engine.connect() as conn:
             yield conn
 
-    def for_update(self) -> dict[str, Any]:
-        """Keyword arguments for ``select().with_for_update`` where the backend has row locks."""
-        return {} if self.is_sqlite else {"nowait": False}
-
     async def ping(self) -> bool:
         try:
             async with self.read() as conn:

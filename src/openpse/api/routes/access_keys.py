@@ -47,13 +47,8 @@ async def list_keys(caller: CallerDep, svc: ServicesDep) -> Any:
 
 @router.get("/{key_id}", summary="Get an access key")
 async def get_key(key_id: str, caller: CallerDep, svc: ServicesDep) -> Any:
-    for key in await svc_merchants.list_access_keys(svc, caller.merchant_id,
-                                                    livemode=caller.livemode):
-        if key["id"] == key_id:
-            return key
-    from openpse.domain.errors import NotFound
-
-    raise NotFound(f"no access key {key_id}", param="id")
+    return await svc_merchants.get_access_key(svc, caller.merchant_id, key_id,
+                                              livemode=caller.livemode)
 
 
 @router.post("/{key_id}", summary="Update an access key's IP allowlist or description")
