@@ -339,3 +339,17 @@ def test_debit_and_bank_refund_journals_balance(amount: int, fee: int, source: s
     assert sum(p.amount for p in memo if p.kind == "direct_debits_submitted") == 0
     with pytest.raises(ValueError):
         ledger.move("m", "EUR", 0, "a", "b")
+
+
+def test_issued_numbers_never_look_like_card_numbers():
+    """A 13-19 digit voucher code that passed the Luhn check would be masked in logs as a PAN."""
+    import re
+
+    from openpse.domain.cards import luhn_valid
+    from openpse.domain.local_methods import _digits
+
+    codes = [_digits(f"pay_{i}", "seven", 13) for i in range(3000)]
+    assert all(len(c) == 13 and c.isdigit() for c in codes)
+    assert not [c for c in codes if luhn_valid(c)]
+    assert len(set(codes)) > 2990  # still spread out
+    assert re.fullmatch(r"\d{11}", _digits("pay_x", "konbini", 11))

@@ -8,6 +8,7 @@ B-tree inserts local and gives cursor pagination a stable order.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 __all__ = ["PREFIXES", "new_id", "prefix_of"]
@@ -43,10 +44,25 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+_last_value = 0
+_lock = threading.Lock()
+MAX_STEP = 1 << 16
+
+
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:
-    """A fresh id with ``prefix`` (which should end with ``_``)."""
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | secrets.randbits(80)
+    """A fresh id with ``prefix`` (which should end with ``_``).
+
+    Within one process ids strictly increase, even several in one millisecond or when the clock
+    steps back (the random part then grows by a random step from the previous id), so "newest
+    first by id" is exactly creation order for what a process writes."""
+    global _last_value
+    if now_ms is not None:
+        return prefix + _encode((now_ms << 80) | secrets.randbits(80), 26)
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    with _lock:
+        if value <= _last_value:
+            value = _last_value + 1 + secrets.randbelow(MAX_STEP)
+        _last_value = value
     return prefix + _encode(value, 26)
 
 

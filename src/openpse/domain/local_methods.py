@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from openpse.domain import bank_details as bank
+from openpse.domain.cards import luhn_valid
 from openpse.domain.errors import InvalidRequest
 
 __all__ = [
@@ -304,6 +305,9 @@ def _rfc3339(ts: int) -> str:
 
 # ---- the sandbox issuer: numbers deterministic from a seed -------------------------------------
 
+PAN_LENGTHS = (13, 19)
+
+
 def _digits(seed: str, label: str, n: int) -> str:
     """``n`` decimal digits derived from ``seed`` (the payment id) and a label."""
     out = ""
@@ -312,7 +316,12 @@ def _digits(seed: str, label: str, n: int) -> str:
         h = hashlib.sha256(f"{label}:{counter}:{seed}".encode()).hexdigest()
         out += str(int(h, 16))[1:]  # drop the leading digit: it is biased
         counter += 1
-    return out[:n]
+    out = out[:n]
+    if PAN_LENGTHS[0] <= n <= PAN_LENGTHS[1] and luhn_valid(out):
+        # A voucher number must never look like a card number: log redaction would mask it and
+        # card-data scans would flag it. Changing the last digit breaks the Luhn check.
+        out = out[:-1] + str((int(out[-1]) + 1) % 10)
+    return out
 
 
 def _alnum(seed: str, label: str, n: int) -> str:

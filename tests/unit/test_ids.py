@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from openpse.domain import ids
+from openpse.domain.ids import new_id, prefix_of
+
+
+def test_ids_strictly_increase_within_a_millisecond():
+    made = [new_id("evt_") for _ in range(5000)]  # many per millisecond
+    assert made == sorted(made) and len(set(made)) == len(made)
+
+
+def test_ids_keep_increasing_when_the_clock_steps_back(monkeypatch):
+    first = new_id("pay_")
+    monkeypatch.setattr(ids.time, "time", lambda: 1_000_000.0)  # back to 1970
+    later = [new_id("pay_") for _ in range(10)]
+    assert [first, *later] == sorted([first, *later])
+
+
+def test_shape_and_prefix():
+    value = new_id("ak_test_")
+    assert value.startswith("ak_test_") and len(value) == len("ak_test_") + 26
+    assert prefix_of(value) == "ak_test_"
