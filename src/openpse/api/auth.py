@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from openpse.api.nonces import NonceStore
 from openpse.crypto import SecretBox
 from openpse.domain import signing
 from openpse.domain.errors import AuthenticationFailed, PermissionDenied
 from openpse.services.merchants import secret_context
 from openpse.storage.db import Database
-from openpse.storage.tables import access_keys, merchants
+from openpse.storage.direct import direct
+from openpse.storage.tables import access_keys
 
 __all__ = ["AuthContext", "Authenticator", "client_ip"]
 
@@ -190,25 +189,14 @@ class Authenticator:
             row = None
         else:
             async with self._db.read() as conn:
-                row = (
-                    await conn.execute(
-                        select(
-                            access_keys.c.id, access_keys.c.merchant_id, access_keys.c.livemode,
-                            access_keys.c.secret_enc, access_keys.c.status,
-                            access_keys.c.expires_at, access_keys.c.ip_allowlist,
-                            access_keys.c.rate_limit_per_s, merchants.c.status.label("m_status"),
-                        )
-                        .join(merchants, merchants.c.id == access_keys.c.merchant_id)
-                        .where(access_keys.c.id == key_id)
-                    )
-                ).first()
+                row = await direct(conn).fetchone(_KEY_SQL, {"id": key_id}, table=access_keys)
         if row is None:
             raise AuthenticationFailed(
                 f"no access key {key_id[:64]!r}: check X-PSE-Access-Key (keys start with "
                 "ak_test_ or ak_live_)",
                 code="unknown_access_key",
             )
-        return dict(row._mapping)
+        return row
 
     @staticmethod
     def _check_key_usable(key: dict[str, Any], key_id: str, now: int) -> None:
@@ -236,3 +224,10 @@ class Authenticator:
                 self._secrets.clear()
             self._secrets[cache_key] = secret
         return secret
+
+
+_KEY_SQL = (
+    "SELECT k.id, k.merchant_id, k.livemode, k.secret_enc, k.status, k.expires_at, "
+    "k.ip_allowlist, k.rate_limit_per_s, m.status AS m_status "
+    "FROM access_keys k JOIN merchants m ON m.id = k.merchant_id WHERE k.id = :id"
+)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 
 from openpse.crypto import SecretBox
 from openpse.domain.errors import IdempotencyFailure, InvalidRequest
 from openpse.storage.db import Database
+from openpse.storage.direct import direct
 from openpse.storage.tables import idempotency_keys
 
 __all__ = ["Claimed", "IdempotencyStore", "Replay", "request_hash", "validate_key"]
@@ -84,37 +86,23 @@ class IdempotencyStore:
         req_hash: str,
         now: int,
     ) -> Claimed | Replay:
-        scope = (
-            (idempotency_keys.c.merchant_id == merchant_id)
-            & (idempotency_keys.c.livemode == livemode)
-            & (idempotency_keys.c.key == key)
-        )
         for _ in range(3):  # bounded: insert, or find the holder (or an expired row to drop)
             try:
                 async with self._db.transaction() as tx:
-                    res = await tx.execute(
-                        insert(idempotency_keys).values(
-                            merchant_id=merchant_id,
-                            livemode=livemode,
-                            key=key,
-                            request_hash=req_hash,
-                            method=method,
-                            path=path,
-                            status="in_progress",
-                            locked_at=now,
-                            created=now,
-                            expires_at=now + RETENTION_S,
-                        )
-                    )
-                    pk = res.inserted_primary_key
-                    assert pk is not None
-                    return Claimed(record_id=int(pk[0]), resource_id=None)
+                    got = await direct(tx).fetchone(_CLAIM, {
+                        "merchant_id": merchant_id, "livemode": livemode, "key": key,
+                        "request_hash": req_hash, "method": method, "path": path,
+                        "locked_at": now, "created": now, "expires_at": now + RETENTION_S})
+                    assert got is not None
+                    return Claimed(record_id=int(got["id"]), resource_id=None)
             except IntegrityError:
                 pass
             async with self._db.read() as conn:
-                row = (await conn.execute(select(idempotency_keys).where(scope))).first()
-            if row is None:
+                found = await direct(conn).fetchone(_FIND, {"m": merchant_id, "l": livemode,
+                                                            "k": key}, table=idempotency_keys)
+            if found is None:
                 continue  # it was deleted (a 5xx) between our insert and read: try again
+            row = SimpleNamespace(**found)
             if row.expires_at <= now:
                 async with self._db.transaction() as tx:
                     await tx.execute(
@@ -165,23 +153,22 @@ class IdempotencyStore:
     ) -> None:
         kept = {k: v for k, v in headers.items() if k.lower() in REPLAYED_HEADER_NAMES}
         async with self._db.transaction() as tx:
-            await tx.execute(
-                update(idempotency_keys)
-                .where(idempotency_keys.c.id == record_id)
-                .values(
-                    status="completed",
-                    locked_at=None,
-                    response_status=status,
-                    response_headers=kept,
-                    response_body=self._box.encrypt_bytes(body, context=_context(record_id)),
-                )
-            )
+            await direct(tx).update(idempotency_keys, {
+                "status": "completed", "locked_at": None, "response_status": status,
+                "response_headers": kept,
+                "response_body": self._box.encrypt_bytes(body, context=_context(record_id)),
+            }, {"id": record_id})
 
     async def release(self, record_id: int) -> None:
         """A 5xx or a refused request: forget the key so a retry runs the work (once)."""
         async with self._db.transaction() as tx:
-            await tx.execute(
-                update(idempotency_keys)
-                .where(idempotency_keys.c.id == record_id)
-                .values(locked_at=0)
-            )
+            await direct(tx).update(idempotency_keys, {"locked_at": 0}, {"id": record_id})
+
+
+_CLAIM = (
+    'INSERT INTO idempotency_keys (merchant_id, livemode, "key", request_hash, method, path, '
+    "status, locked_at, created, expires_at) VALUES (:merchant_id, :livemode, :key, "
+    ":request_hash, :method, :path, 'in_progress', :locked_at, :created, :expires_at) "
+    "RETURNING id"
+)
+_FIND = 'SELECT * FROM idempotency_keys WHERE merchant_id = :m AND livemode = :l AND "key" = :k'

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from openpse.storage.db import Database
+from openpse.storage.direct import direct
 from openpse.storage.tables import nonces
 
 __all__ = ["DatabaseNonceStore", "NonceStore", "RedisNonceStore"]
@@ -31,11 +31,8 @@ class DatabaseNonceStore:
     async def remember(self, key_id: str, nonce: str, *, now_s: int, ttl_s: int) -> bool:
         try:
             async with self._db.transaction() as tx:
-                await tx.execute(
-                    insert(nonces).values(
-                        access_key_id=key_id, nonce=nonce, expires_at=now_s + ttl_s
-                    )
-                )
+                await direct(tx).insert(nonces, {"access_key_id": key_id, "nonce": nonce,
+                                                 "expires_at": now_s + ttl_s})
         except IntegrityError:
             return False
         return True

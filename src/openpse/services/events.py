@@ -11,18 +11,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
 
 from openpse.domain.ids import new_id
 from openpse.services.context import Caller
 from openpse.storage.db import Tx
+from openpse.storage.direct import direct
 from openpse.storage.rows import rfc3339
-from openpse.storage.tables import events
 
 __all__ = ["API_VERSION", "EventSink", "changed_fields", "record_event", "register_sink"]
 
 API_VERSION = "2026-11-01"
 
+# A sink gets the transaction, the event as delivered, and the merchant it belongs to.
 EventSink = Callable[[Tx, dict[str, Any], str], Awaitable[None]]
 _SINKS: list[EventSink] = []
 
@@ -53,10 +53,13 @@ async def record_event(
         "data": {"object": obj, "previous_attributes": previous or {}},
         "request": caller.request_ref() if caller else None,
     }
-    payload = orjson.dumps(event).decode()
-    await tx.execute(insert(events).values(
-        id=event_id, merchant_id=merchant_id, livemode=livemode, type=type,
-        object_id=obj["id"], payload=payload, created=now))
+    await direct(tx).execute(_INSERT_EVENT, {
+        "id": event_id, "merchant_id": merchant_id, "livemode": livemode, "type": type,
+        "object_id": obj["id"], "payload": orjson.dumps(event).decode(), "created": now})
     for sink in _SINKS:
-        await sink(tx, event, payload)
+        await sink(tx, event, merchant_id)
     return event
+
+
+_INSERT_EVENT = ("INSERT INTO events (id, merchant_id, livemode, type, object_id, payload, created)"
+                 " VALUES (:id, :merchant_id, :livemode, :type, :object_id, :payload, :created)")

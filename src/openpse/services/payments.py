@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
 from openpse.domain import cards as card_rules
@@ -42,6 +43,7 @@ from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.services.views import payment_view
 from openpse.storage.db import Tx
+from openpse.storage.direct import direct
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import load_scoped, update_versioned
 from openpse.storage.tables import (
@@ -118,13 +120,13 @@ async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput) -> 
     pm_id = new_id("pm_")
     fingerprint = svc.fingerprints.fingerprint(details.number)
     country = card_rules.card_country(details.number)
-    await tx.execute(insert(payment_methods).values(
-        id=pm_id, merchant_id=caller.merchant_id, livemode=caller.livemode, type="card",
-        brand=details.brand, last4=details.last4, bin6=details.bin6,
-        exp_month=details.exp_month, exp_year=details.exp_year, country=country,
-        holder_name=card.holder_name, fingerprint=fingerprint,
-        number_enc=svc.secrets.encrypt(details.number, context=f"pan:{pm_id}"),
-        created=svc.now()))
+    await direct(tx).insert(payment_methods, {
+        "id": pm_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
+        "type": "card", "brand": details.brand, "last4": details.last4, "bin6": details.bin6,
+        "exp_month": details.exp_month, "exp_year": details.exp_year, "country": country,
+        "holder_name": card.holder_name, "fingerprint": fingerprint,
+        "number_enc": svc.secrets.encrypt(details.number, context=f"pan:{pm_id}"),
+        "created": svc.now()})
     return _pm_view(pm_id, details.brand, details.last4, details.exp_month, details.exp_year,
                     fingerprint, country)
 
@@ -137,22 +139,24 @@ def _pm_view(pm_id: str, brand: str, last4: str, exp_month: int, exp_year: int,
 
 
 async def _token_card(tx: Tx, caller: Caller, token: str) -> dict[str, Any]:
-    row = (await tx.execute(select(payment_methods).where(
-        payment_methods.c.id == token, payment_methods.c.merchant_id == caller.merchant_id,
-        payment_methods.c.livemode == caller.livemode))).first()
-    if row is None:
+    try:
+        row = await load_scoped(tx, payment_methods, token, merchant_id=caller.merchant_id,
+                                livemode=caller.livemode)
+    except NotFound:
         raise NotFound(f"no such payment method token: {token!r}", code="resource_missing",
-                       param="payment_method[token]")
-    return _pm_view(row.id, row.brand, row.last4, row.exp_month, row.exp_year, row.fingerprint,
-                    row.country)
+                       param="payment_method[token]") from None
+    return _pm_view(row["id"], row["brand"], row["last4"], row["exp_month"], row["exp_year"],
+                    row["fingerprint"], row["country"])
 
 
 async def _card_data(svc: Services, tx: Tx, pm_id: str, cvc: str | None) -> CardData:
-    row = (await tx.execute(select(payment_methods).where(payment_methods.c.id == pm_id))).first()
+    row = await direct(tx).fetchone(
+        "SELECT number_enc, exp_month, exp_year, holder_name FROM payment_methods "
+        "WHERE id = :id", {"id": pm_id})
     if row is None:
         raise RuntimeError(f"payment method {pm_id} vanished")
-    number = svc.secrets.decrypt(row.number_enc, context=f"pan:{pm_id}")
-    return CardData(number, row.exp_month, row.exp_year, cvc, row.holder_name)
+    number = svc.secrets.decrypt(row["number_enc"], context=f"pan:{pm_id}")
+    return CardData(number, row["exp_month"], row["exp_year"], cvc, row["holder_name"])
 
 
 async def _resolve_payment_method(
@@ -251,22 +255,29 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
             "captured_at": None, "canceled_at": None, "created": now, "updated": now,
             "version": 1,
         }
-        await tx.execute(insert(payments).values(**row))
+        await direct(tx).insert(payments, row)
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="payment.created",
                            obj=payment_view(row), previous=None, now=now)
         await _recovery_point(tx, caller, payment_id)
-    if p.get("confirm"):
-        cvc = card.cvc if card and isinstance(card.cvc, str) else None
+        # With a method, confirmation's first step commits with the creation (one
+        # transaction fewer); a crash after it resumes from ``processing`` like any confirm.
+        confirm_now = bool(p.get("confirm")) and pm_view is not None
+        attempt_id = ""
+        if confirm_now:
+            row, attempt_id = await _begin_confirm(svc, tx, caller, row, None, None, None, now)
+    cvc = card.cvc if card and isinstance(card.cvc, str) else None
+    if confirm_now:
+        return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=None), 201
+    if p.get("confirm"):  # no method: confirm refuses, naming what is missing
         return await confirm_payment(svc, caller, payment_id, cvc=cvc), 201
     return payment_view(row), 201
 
 
 async def _recovery_point(tx: Tx, caller: Caller, resource_id: str) -> None:
     if caller.idempotency_record_id is not None:
-        await tx.execute(update(idempotency_keys)
-                         .where(idempotency_keys.c.id == caller.idempotency_record_id)
-                         .values(resource_id=resource_id))
+        await direct(tx).update(idempotency_keys, {"resource_id": resource_id},
+                                {"id": caller.idempotency_record_id})
 
 
 async def _resume_create(svc: Services, caller: Caller, payment_id: str, p: dict[str, Any],
@@ -321,18 +332,27 @@ async def _lock(tx: Tx, caller: Caller, payment_id: str) -> dict[str, Any]:
 async def _new_attempt(tx: Tx, row: dict[str, Any], operation: str, amount: int, now: int,
                        *, refund_id: str | None = None, raw: dict[str, Any] | None = None) -> str:
     attempt_id = new_id("att_")
-    await tx.execute(insert(payment_attempts).values(
-        id=attempt_id, payment_id=row["id"], refund_id=refund_id, operation=operation,
-        connector=row["connector"] or DEFAULT_CONNECTOR, amount=amount,
-        currency=row["currency"], status="pending", raw=raw, created=now, updated=now))
+    await direct(tx).insert(payment_attempts, {
+        "id": attempt_id, "payment_id": row["id"], "refund_id": refund_id,
+        "operation": operation, "connector": row["connector"] or DEFAULT_CONNECTOR,
+        "amount": amount, "currency": row["currency"], "status": "pending", "raw": raw,
+        "created": now, "updated": now})
     return attempt_id
 
 
 async def _pending_attempt(tx: Tx, payment_id: str, operations: tuple[str, ...]) -> Any:
-    return (await tx.execute(select(payment_attempts).where(
-        payment_attempts.c.payment_id == payment_id,
-        payment_attempts.c.operation.in_(operations),
-        payment_attempts.c.status == "pending").order_by(payment_attempts.c.id.desc()))).first()
+    rows = await direct(tx).fetchall(
+        "SELECT * FROM payment_attempts WHERE payment_id = :p AND status = 'pending' "
+        "ORDER BY id DESC", {"p": payment_id}, table=payment_attempts)
+    found = next((r for r in rows if r["operation"] in operations), None)
+    return None if found is None else SimpleNamespace(**found)
+
+
+async def _attempt(tx: Tx, attempt_id: str) -> Any:
+    """One attempt row (attribute access), or None."""
+    row = await direct(tx).fetchone("SELECT * FROM payment_attempts WHERE id = :id",
+                                    {"id": attempt_id}, table=payment_attempts)
+    return None if row is None else SimpleNamespace(**row)
 
 
 def _raise_if_declined(row: dict[str, Any]) -> None:
@@ -344,10 +364,11 @@ def _raise_if_declined(row: dict[str, Any]) -> None:
 async def merchant_terms(svc: Services, tx: Tx, row: dict[str, Any]
                          ) -> tuple[dict[str, Any] | None, int]:
     """The merchant's fee plan and clock (``captured_at`` is on it, for refund windows)."""
-    found = (await tx.execute(select(merchants.c.pricing, merchants.c.sandbox_clock_offset_s)
-                              .where(merchants.c.id == row["merchant_id"]))).first()
-    offset = 0 if found is None or row["livemode"] else int(found.sandbox_clock_offset_s)
-    return (found.pricing if found else None), svc.now() + offset
+    found = await direct(tx).fetchone(
+        "SELECT pricing, sandbox_clock_offset_s FROM merchants WHERE id = :id",
+        {"id": row["merchant_id"]}, table=merchants)
+    offset = 0 if found is None or row["livemode"] else int(found["sandbox_clock_offset_s"])
+    return (found["pricing"] if found else None), svc.now() + offset
 
 
 # ---- confirm ------------------------------------------------------------------------------
@@ -361,24 +382,39 @@ async def confirm_payment(
     async with svc.db.transaction() as tx:
         row = await _lock(tx, caller, payment_id)
         pending = await _pending_attempt(tx, payment_id, ("authorize",))
+        three_ds = None
         if row["status"] == Status.PROCESSING and pending is not None:
             attempt_id, three_ds = pending.id, (pending.raw or {}).get("three_ds")
         else:
-            row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url,
-                                         now)
-            if row["status"] == Status.FAILED:  # blocked by risk: no acquirer call
-                attempt_id = ""
-            elif row["payment_method_type"] in local_rules.LOCAL_METHODS:
-                row = await _issue_local(svc, tx, caller, row, now)
-                attempt_id = ""
-            else:
-                three_ds = None
-                attempt_id = await _new_attempt(tx, row, "authorize", row["amount"], now)
-                row = await change_status(tx, caller, row, Status.PROCESSING,
-                                          {"connector": DEFAULT_CONNECTOR}, now=now,
-                                          action="confirm")
+            row, attempt_id = await _begin_confirm(svc, tx, caller, row, payment_method, card,
+                                                   return_url, now)
         if card is not None and isinstance(card.cvc, str):
             cvc = card.cvc
+    return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds)
+
+
+async def _begin_confirm(
+    svc: Services, tx: Tx, caller: Caller, row: dict[str, Any],
+    payment_method: dict[str, Any] | None, card: CardInput | None, return_url: str | None,
+    now: int,
+) -> tuple[dict[str, Any], str]:
+    """Step 1 of a confirmation, inside the caller's transaction: checks, risk, then the
+    pending attempt and ``processing`` (a card), or the voucher (a local method). Returns the
+    row and the attempt id ("" when no acquirer call follows)."""
+    row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url, now)
+    if row["status"] == Status.FAILED:  # blocked by risk: no acquirer call
+        return row, ""
+    if row["payment_method_type"] in local_rules.LOCAL_METHODS:
+        return await _issue_local(svc, tx, caller, row, now), ""
+    attempt_id = await _new_attempt(tx, row, "authorize", row["amount"], now)
+    row = await change_status(tx, caller, row, Status.PROCESSING,
+                              {"connector": DEFAULT_CONNECTOR}, now=now, action="confirm")
+    return row, attempt_id
+
+
+async def _finish_confirm(svc: Services, caller: Caller, row: dict[str, Any], attempt_id: str,
+                          *, cvc: str | None, three_ds: str | None) -> dict[str, Any]:
+    """Steps 2 and 3: the acquirer call and its answer (nothing to do without an attempt)."""
     if not attempt_id:
         _raise_if_declined(row)
         return payment_view(row)
@@ -463,9 +499,9 @@ async def release_part_payments(tx: Tx, row: dict[str, Any], now: int, why: str)
 
 async def _risk_card_key(tx: Tx, pm_id: str) -> str:
     """``BIN6:last4`` of a vaulted card, what the risk rules match on."""
-    row = (await tx.execute(select(payment_methods.c.bin6, payment_methods.c.last4).where(
-        payment_methods.c.id == pm_id))).first()
-    return f"{row.bin6}:{row.last4}" if row else ""
+    row = await direct(tx).fetchone("SELECT bin6, last4 FROM payment_methods WHERE id = :id",
+                                    {"id": pm_id})
+    return f"{row['bin6']}:{row['last4']}" if row else ""
 
 
 async def _authorize(svc: Services, caller: Caller | None, row: dict[str, Any], attempt_id: str,
@@ -498,8 +534,7 @@ async def apply_result(
     scope = Caller(merchant_id, livemode) if caller is None else caller
     async with svc.db.transaction() as tx:
         row = await _lock(tx, scope, payment_id)
-        attempt = (await tx.execute(select(payment_attempts).where(
-            payment_attempts.c.id == attempt_id))).first()
+        attempt = await _attempt(tx, attempt_id)
         if attempt is None or attempt.status != "pending":
             return row  # already applied (a retry raced us): nothing to do twice
         await _finish_attempt(tx, attempt_id, result, now)
@@ -518,10 +553,10 @@ async def _finish_attempt(tx: Tx, attempt_id: str, result: ConnectorResult, now:
     status = {Outcome.PENDING: "pending", Outcome.REQUIRES_ACTION: "action_required",
               Outcome.DECLINED: "failed", Outcome.ERROR: "failed",
               Outcome.FAILED: "failed"}.get(result.outcome, "succeeded")
-    await tx.execute(update(payment_attempts).where(payment_attempts.c.id == attempt_id).values(
-        status=status, connector_reference=result.connector_reference,
-        error_code=result.decline_code, updated=now,
-        raw={"outcome": result.outcome, **(result.raw or {})}))
+    await direct(tx).update(payment_attempts, {
+        "status": status, "connector_reference": result.connector_reference,
+        "error_code": result.decline_code, "updated": now,
+        "raw": {"outcome": result.outcome, **(result.raw or {})}}, {"id": attempt_id})
 
 
 async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any],
@@ -673,8 +708,7 @@ async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
                       attempt_id: str, operation: str) -> dict[str, Any]:
     connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
     async with svc.db.read() as conn:
-        attempt = (await conn.execute(select(payment_attempts).where(
-            payment_attempts.c.id == attempt_id))).first()
+        attempt = await _attempt(conn, attempt_id)
     assert attempt is not None
     try:
         if operation == "capture":

@@ -319,9 +319,9 @@ async def disable_endpoint(tx: Tx, endpoint_id: str, reason: str, now_s: int) ->
 # --- the outbox sink -----------------------------------------------------------------------------
 
 
-async def _outbox_sink(tx: Tx, event: dict[str, Any], _payload: str) -> None:
+async def _outbox_sink(tx: Tx, event: dict[str, Any], merchant_id: str) -> None:
     # Wall-clock time, not the event's: a sandbox clock offset must not delay delivery.
-    await enqueue_for_event(tx, event, now_s=int(time.time()))
+    await enqueue_for_event(tx, event, merchant_id=merchant_id, now_s=int(time.time()))
 
 
 register_sink(_outbox_sink)

@@ -10,12 +10,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
 from openpse.storage.db import TX_SCOPED_INFO, Tx
+from openpse.storage.direct import direct
 from openpse.storage.tables import journals, ledger_accounts, postings
 
 __all__ = ["VerifyReport", "balances_for", "post_journal", "verify_ledger"]
@@ -87,38 +88,29 @@ async def post_journal(
     """Write one balanced journal. Raises before writing anything if it does not balance."""
     check_balanced(entries)
     journal_id = new_id("jnl_")
-    await tx.execute(
-        insert(journals).values(
-            id=journal_id,
-            merchant_id=merchant_id,
-            livemode=livemode,
-            kind=kind,
-            reference_id=reference_id,
-            created=now,
-        )
-    )
+    d = direct(tx)
+    await d.execute(_INSERT_JOURNAL, {
+        "id": journal_id, "merchant_id": merchant_id, "livemode": livemode, "kind": kind,
+        "reference_id": reference_id, "created": now})
     deltas: dict[int, int] = defaultdict(int)
     rows = []
     for p in entries:
         acct = await _account_id(tx, p.owner, livemode, p.currency, p.kind, now)
         deltas[acct] += p.amount
-        rows.append(
-            {
-                "journal_id": journal_id,
-                "account_id": acct,
-                "currency": p.currency,
-                "amount": p.amount,
-            }
-        )
-    await tx.execute(insert(postings), rows)
+        rows.append({"journal_id": journal_id, "account_id": acct, "currency": p.currency,
+                     "amount": p.amount})
+    await d.executemany(_INSERT_POSTING, rows)
     for acct, delta in sorted(deltas.items()):  # fixed order: no deadlocks between journals
         if delta:
-            await tx.execute(
-                update(ledger_accounts)
-                .where(ledger_accounts.c.id == acct)
-                .values(balance=ledger_accounts.c.balance + delta)
-            )
+            await d.execute(_ADD_TO_BALANCE, {"delta": delta, "id": acct})
     return journal_id
+
+
+_INSERT_JOURNAL = ("INSERT INTO journals (id, merchant_id, livemode, kind, reference_id, created) "
+                   "VALUES (:id, :merchant_id, :livemode, :kind, :reference_id, :created)")
+_INSERT_POSTING = ("INSERT INTO postings (journal_id, account_id, currency, amount) "
+                   "VALUES (:journal_id, :account_id, :currency, :amount)")
+_ADD_TO_BALANCE = "UPDATE ledger_accounts SET balance = balance + :delta WHERE id = :id"
 
 
 async def balances_for(conn: Tx, merchant_id: str, livemode: bool) -> dict[tuple[str, str], int]:

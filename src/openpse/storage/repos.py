@@ -1,15 +1,17 @@
 """Generic row access for the resource tables: scoped loads (optionally row-locked) and
 versioned updates. Every resource read is scoped to (merchant, mode), so another merchant's or
-the other mode's id is simply not found."""
+the other mode's id is simply not found. Both run directly on the driver (storage/direct.py):
+they are on every request's path."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table
 
 from openpse.domain.errors import NotFound
 from openpse.storage.db import Tx
+from openpse.storage.direct import direct
 
 __all__ = ["load_scoped", "update_versioned"]
 
@@ -18,24 +20,25 @@ async def load_scoped(
     tx: Tx, table: Table, object_id: str, *, merchant_id: str, livemode: bool, lock: bool = False,
     what: str = "object", param: str = "id",
 ) -> dict[str, Any]:
-    stmt = select(table).where(table.c.id == object_id, table.c.merchant_id == merchant_id,
-                               table.c.livemode == livemode)
-    if lock and tx.dialect.name != "sqlite":  # SQLite: the single writer already serialises
-        stmt = stmt.with_for_update()
-    row = (await tx.execute(stmt)).first()
+    d = direct(tx)
+    # SQLite: the single writer already serialises; PostgreSQL: lock the row.
+    sql = _LOCKED.format(table.name) if lock and not d.is_sqlite else _PLAIN.format(table.name)
+    row = await d.fetchone(sql, {"id": object_id, "m": merchant_id, "l": livemode}, table=table)
     if row is None:
         raise NotFound(f"no such {what}: {object_id!r}", code="resource_missing", param=param)
-    return dict(row._mapping)
+    return row
+
+
+_PLAIN = "SELECT * FROM {} WHERE id = :id AND merchant_id = :m AND livemode = :l"
+_LOCKED = _PLAIN + " FOR UPDATE"
 
 
 async def update_versioned(
     tx: Tx, table: Table, row: dict[str, Any], values: dict[str, Any], *, now: int
 ) -> dict[str, Any]:
     """Apply ``values`` to ``row`` (already locked), bump ``version``; returns the new row."""
-    new = {**row, **values, "updated": now, "version": row["version"] + 1}
-    res = await tx.execute(
-        update(table).where(table.c.id == row["id"], table.c.version == row["version"])
-        .values(**values, updated=now, version=row["version"] + 1))
-    if res.rowcount != 1:  # a lost update would mean a missing lock: never continue silently
+    changes = {**values, "updated": now, "version": row["version"] + 1}
+    count = await direct(tx).update(table, changes, {"id": row["id"], "version": row["version"]})
+    if count != 1:  # a lost update would mean a missing lock: never continue silently
         raise RuntimeError(f"concurrent update of {row['id']} (version {row['version']})")
-    return new
+    return {**row, **changes}

@@ -32,7 +32,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 
 from openpse.domain.ids import PREFIXES, new_id
-from openpse.storage.db import Tx
+from openpse.storage.db import TX_SCOPED_INFO, Tx
+from openpse.storage.direct import direct
 from openpse.storage.tables import events, webhook_attempts, webhook_deliveries, webhook_endpoints
 from openpse.webhooks.schedule import (
     MAX_ATTEMPTS,
@@ -105,26 +106,29 @@ async def enqueue(
     return rows
 
 
-async def enqueue_for_event(tx: Tx, event: dict[str, Any], *, now_s: int) -> int:
+async def enqueue_for_event(tx: Tx, event: dict[str, Any], *, merchant_id: str, now_s: int
+                            ) -> int:
     """The outbox sink's work: a delivery per enabled endpoint subscribed to the event.
 
     Runs inside the transaction that records the event, so the event and its deliveries commit
-    or roll back together. The event row (just inserted) names the merchant.
+    or roll back together. The merchant's endpoints are read once per transaction (a payment's
+    events share them; endpoints change in transactions of their own).
     """
-    owner = (await tx.execute(
-        select(events.c.merchant_id).where(events.c.id == event["id"]))).first()
-    if owner is None:  # the event row is written before the sinks run; anything else is a bug
-        raise RuntimeError(f"event {event['id']} is not in this transaction")
-    merchant_id = owner.merchant_id
     livemode = bool(event["livemode"])
-    candidates = (await tx.execute(
-        select(E.c.id, E.c.enabled_events).where(
-            E.c.merchant_id == merchant_id, E.c.livemode == livemode, E.c.status == "enabled")
-        .order_by(E.c.id).limit(MAX_ENDPOINTS_PER_EVENT))).all()
-    targets = [r.id for r in candidates if subscribes(r.enabled_events, event["type"])]
+    scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
+    cache: dict[tuple[str, bool], list[dict[str, Any]]] = scoped.setdefault("endpoints", {})
+    candidates = cache.get((merchant_id, livemode))
+    if candidates is None:
+        candidates = cache[(merchant_id, livemode)] = await direct(tx).fetchall(
+            _ENDPOINTS, {"m": merchant_id, "l": livemode, "n": MAX_ENDPOINTS_PER_EVENT}, table=E)
+    targets = [r["id"] for r in candidates if subscribes(r["enabled_events"], event["type"])]
     await enqueue(tx, event_id=event["id"], endpoint_ids=targets, merchant_id=merchant_id,
                   livemode=livemode, now_s=now_s)
     return len(targets)
+
+
+_ENDPOINTS = ("SELECT id, enabled_events FROM webhook_endpoints WHERE merchant_id = :m AND "
+              "livemode = :l AND status = 'enabled' ORDER BY id LIMIT :n")
 
 
 async def cancel_pending(tx: Tx, endpoint_id: str, *, reason: str, now_s: int) -> int:

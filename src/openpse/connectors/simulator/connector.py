@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from openpse.connectors.base import AuthorizeRequest, ConnectorResult, Outcome
 from openpse.connectors.simulator.transformers import authorize_outcome
 from openpse.domain.ids import new_id
 from openpse.storage.db import Database
+from openpse.storage.direct import direct
 from openpse.storage.tables import simulator_operations
 
 __all__ = ["SimulatorConnector"]
@@ -42,17 +42,16 @@ class SimulatorConnector:
 
     async def _once(self, reference: str, operation: str, amount: int, currency: str,
                     result: ConnectorResult) -> ConnectorResult:
-        """Record ``result`` under ``reference`` unless an answer is already recorded."""
-        existing = await self.sync(reference)
-        if existing is not None:
-            return existing
+        """Record ``result`` under ``reference`` unless an answer is already recorded (the
+        reference's unique key decides; then the recorded answer is returned)."""
         import time
 
         try:
             async with self._db.transaction() as tx:
-                await tx.execute(insert(simulator_operations).values(
-                    reference=reference, operation=operation, amount=amount, currency=currency,
-                    result=_to_row(result), created=int(time.time())))
+                await direct(tx).insert(simulator_operations, {
+                    "reference": reference, "operation": operation, "amount": amount,
+                    "currency": currency, "result": _to_row(result),
+                    "created": int(time.time())})
         except IntegrityError:
             again = await self.sync(reference)
             assert again is not None
@@ -80,6 +79,7 @@ class SimulatorConnector:
 
     async def sync(self, reference: str) -> ConnectorResult | None:
         async with self._db.read() as conn:
-            row = (await conn.execute(select(simulator_operations.c.result).where(
-                simulator_operations.c.reference == reference))).first()
-        return None if row is None else _from_row(row.result)
+            row = await direct(conn).fetchone(
+                "SELECT result FROM simulator_operations WHERE reference = :r",
+                {"r": reference}, table=simulator_operations)
+        return None if row is None else _from_row(row["result"])

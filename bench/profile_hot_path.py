@@ -1,0 +1,160 @@
+"""Server CPU per signed create+confirm, measured in-process (no HTTP server, no generator).
+
+    python bench/profile_hot_path.py --database-url sqlite:////tmp/prof/openpse.db -n 500
+    python bench/profile_hot_path.py --database-url postgresql://postgres@127.0.0.1:5432/prof \
+        -n 500 --profile cprofile     # or --profile pyinstrument / --sql (statements per request)
+
+Builds the real ASGI app (pipeline, signature check, nonce, idempotency, routes) and drives it
+through httpx's ASGI transport, one request at a time, so the figure is the server's own CPU
+per request: what bounds throughput when the server is CPU bound. The database must be empty
+and migrated (``openpse migrate``); a merchant is created here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.signer import encode, sign_headers  # noqa: E402
+
+MASTER_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+BASE = "http://bench.local"
+
+
+def _body(i: int) -> bytes:
+    return encode({"amount": 1000 + i % 500, "currency": "JPY", "merchant_order_id": f"p-{i}",
+                   "payment_method": {"type": "card", "card": {
+                       "number": "4242424242424242", "exp_month": 12, "exp_year": 2034,
+                       "cvc": "123"}}, "confirm": True})
+
+
+async def _run(a: argparse.Namespace) -> dict[str, Any]:
+    from openpse.bootstrap import build_app
+    from openpse.config import Settings
+
+    settings = Settings()
+    rt = build_app(settings)
+    svc = rt.services
+    key, secret = a.creds["access_key"], a.creds["secret"]
+    statements = [0]
+    if a.sql:
+        from sqlalchemy import event
+
+        @event.listens_for(svc.db.engine.sync_engine, "before_cursor_execute")
+        def _count(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+            statements[0] += 1
+            if a.sql_log and statements[0] <= 80:
+                print("  SQL", " ".join(sql.split())[:110])
+
+    transport = httpx.ASGITransport(app=rt.asgi)
+    async with rt.fastapi.router.lifespan_context(rt.fastapi), httpx.AsyncClient(
+            transport=transport, base_url=BASE) as client:
+
+        pay_id = [""]
+
+        async def get(_i: int) -> None:
+            path = f"/v1/payments/{pay_id[0]}"
+            headers = sign_headers("GET", BASE + path, b"", key, secret)
+            r = await client.get(path, headers=headers)
+            if r.status_code != 200:
+                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+
+        async def healthz(_i: int) -> None:
+            r = await client.get("/healthz")
+            if r.status_code != 200:
+                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+
+        async def one(i: int) -> None:
+            body = _body(i)
+            headers = sign_headers("POST", BASE + "/v1/payments", body, key, secret)
+            headers["Content-Type"] = "application/json"
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+            r = await client.post("/v1/payments", content=body, headers=headers)
+            if r.status_code != 201:
+                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+            pay_id[0] = r.json()["id"]
+
+        for i in range(a.warmup):
+            await one(10**6 + i)
+        run = {"create": one, "get": get, "healthz": healthz}[a.scenario]
+        for i in range(a.warmup):
+            await run(10**6 + i)
+        statements[0] = 0
+        prof: Any = None
+        if a.profile == "cprofile":
+            prof = cProfile.Profile(time.process_time)
+            prof.enable()
+        elif a.profile == "pyinstrument":
+            from pyinstrument import Profiler
+
+            prof = Profiler(async_mode="enabled")
+            prof.start()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for i in range(a.n):
+            await run(i)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        if a.profile == "cprofile":
+            prof.disable()
+            if a.dump:
+                prof.dump_stats(a.dump)
+            pstats.Stats(prof).sort_stats(a.sort).print_stats(a.top)
+        elif a.profile == "pyinstrument":
+            prof.stop()
+            print(prof.output_text(unicode=False, show_all=False))
+    return {"scenario": a.scenario, "database": settings.resolved_database_url().split(":", 1)[0], "requests": a.n,
+            "cpu_ms_per_request": round(cpu / a.n * 1000, 3),
+            "wall_ms_per_request": round(wall / a.n * 1000, 3),
+            "statements_per_request": round(statements[0] / a.n, 1) if a.sql else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database-url", required=True)
+    ap.add_argument("-n", type=int, default=500)
+    ap.add_argument("--scenario", choices=["create", "get", "healthz"], default="create",
+                    help="create+confirm (default), a signed GET of one payment, or /healthz")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--profile", choices=["none", "cprofile", "pyinstrument"], default="none")
+    ap.add_argument("--sort", default="tottime")
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--dump", help="write the cProfile stats to this file")
+    ap.add_argument("--sql", action="store_true", help="count statements per request")
+    ap.add_argument("--sql-log", action="store_true", help="print the statements (use -n 1)")
+    a = ap.parse_args()
+    data_dir = tempfile.mkdtemp(prefix="openpse-prof-")
+    os.environ.update(OPENPSE_DATABASE_URL=a.database_url, OPENPSE_MASTER_KEY=MASTER_KEY,
+                      OPENPSE_DATA_DIR=data_dir, OPENPSE_RATE_LIMIT="0",
+                      OPENPSE_LOG_LEVEL="WARNING")
+    exe = str(Path(sys.executable).with_name("openpse"))
+    subprocess.run([exe, "migrate"], check=True, capture_output=True)
+    out = subprocess.run([exe, "merchant", "create", "--name", "Profile", "--json"], check=True,
+                         capture_output=True, text=True)
+    a.creds = json.loads(out.stdout)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    print(json.dumps(runner(_run(a))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Hot-path statements straight on the driver, inside the caller's SQLAlchemy transaction.
+
+SQLAlchemy Core builds, caches and post-processes every statement: about 0.1-0.3 ms of Python
+per statement, which on the payment path (dozens of statements per request) was most of the
+server's CPU. ``direct(conn)`` hands out the driver connection under the *same* transaction
+(asyncpg on PostgreSQL, sqlite3 on SQLite), so a few fixed statements can skip that work and
+still commit or roll back with everything else the unit of work did.
+
+Statements are plain SQL with ``:name`` parameters (rewritten to ``$n`` for asyncpg once per
+statement text). JSON values are passed already encoded (:func:`json_param`); rows come back as
+dicts with JSON columns decoded and booleans as ``bool`` when the table is named, exactly as
+SQLAlchemy would return them. A unique-key violation raises SQLAlchemy's ``IntegrityError``, so
+callers handle both paths the same way.
+
+The schema stays SQLAlchemy's (tables.py, Alembic); only the execution is direct.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from asyncpg.exceptions import IntegrityConstraintViolationError as _PG_INTEGRITY
+from sqlalchemy import JSON, Boolean, Table
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+__all__ = ["Direct", "direct", "json_param"]
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def json_param(value: Any) -> str | None:
+    """A JSON column's value as the drivers take it (SQL NULL for None)."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+class _Shape:
+    """Which columns of a table need decoding when read directly."""
+
+    __slots__ = ("booleans", "json")
+
+    def __init__(self, table: Table) -> None:
+        self.json = frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
+        self.booleans = frozenset(c.name for c in table.columns if isinstance(c.type, Boolean))
+
+
+_SHAPES: dict[str, _Shape] = {}
+_PG_SQL: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _shape(table: Table) -> _Shape:
+    found = _SHAPES.get(table.name)
+    if found is None:
+        found = _SHAPES[table.name] = _Shape(table)
+    return found
+
+
+def _pg(sql: str) -> tuple[str, tuple[str, ...]]:
+    found = _PG_SQL.get(sql)
+    if found is None:
+        names: list[str] = []
+
+        def number(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        found = _PG_SQL[sql] = (_PARAM.sub(number, sql), tuple(names))
+    return found
+
+
+def _decode(row: dict[str, Any], table: Table | None) -> dict[str, Any]:
+    if table is None:
+        return row
+    shape = _shape(table)
+    for name in shape.json:
+        v = row.get(name)
+        if isinstance(v, str | bytes):
+            row[name] = orjson.loads(v)
+    for name in shape.booleans:
+        v = row.get(name)
+        if v is not None:
+            row[name] = bool(v)
+    return row
+
+
+def _encode(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    json_cols = _shape(table).json
+    return {k: (json_param(v) if k in json_cols else v) for k, v in row.items()}
+
+
+_STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], str] = {}
+
+
+def _insert_sql(table: Table, cols: tuple[str, ...]) -> str:
+    key = ("insert", table.name, cols, ())
+    sql = _STATEMENTS.get(key)
+    if sql is None:
+        names = ", ".join(f'"{c}"' for c in cols)
+        sql = _STATEMENTS[key] = (f"INSERT INTO {table.name} ({names}) VALUES "
+                                  f"({', '.join(':' + c for c in cols)})")
+    return sql
+
+
+def _update_sql(table: Table, cols: tuple[str, ...], where: tuple[str, ...]) -> str:
+    key = ("update", table.name, cols, where)
+    sql = _STATEMENTS.get(key)
+    if sql is None:
+        sets = ", ".join(f'"{c}" = :s_{c}' for c in cols)
+        conds = " AND ".join(f'"{c}" = :w_{c}' for c in where)
+        sql = _STATEMENTS[key] = f"UPDATE {table.name} SET {sets} WHERE {conds}"
+    return sql
+
+
+class Direct:
+    """The driver connection of one pooled connection (one per pooled connection, reused)."""
+
+    __slots__ = ("_adapter", "_lite", "is_sqlite")
+
+    def __init__(self, adapter: Any, lite: sqlite3.Connection | None) -> None:
+        self._adapter = adapter
+        self._lite = lite
+        self.is_sqlite = lite is not None
+
+    async def _pg_conn(self) -> Any:
+        adapter = self._adapter
+        # SQLAlchemy's asyncpg adapter opens the transaction at the first statement; open it
+        # now if nothing ran yet, so direct statements are inside it (and commit with it).
+        if adapter._transaction is None and adapter.isolation_level != "autocommit":
+            await adapter._start_transaction()
+        return adapter._connection
+
+    async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Run one statement; the number of rows it changed."""
+        try:
+            if self._lite is not None:
+                return self._lite.execute(sql, params or {}).rowcount
+            text, names = _pg(sql)
+            args = [params[n] for n in names] if params else []
+            status = await (await self._pg_conn()).execute(text, *args)
+        except (sqlite3.IntegrityError, _PG_INTEGRITY) as exc:
+            raise IntegrityError(sql, params, exc) from exc
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, sql: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        try:
+            if self._lite is not None:
+                self._lite.executemany(sql, rows)
+                return
+            text, names = _pg(sql)
+            await (await self._pg_conn()).executemany(text, [[r[n] for n in names]
+                                                             for r in rows])
+        except (sqlite3.IntegrityError, _PG_INTEGRITY) as exc:
+            raise IntegrityError(sql, None, exc) from exc
+
+    async def fetchall(self, sql: str, params: Mapping[str, Any] | None = None, *,
+                       table: Table | None = None) -> list[dict[str, Any]]:
+        try:
+            if self._lite is not None:
+                cur = self._lite.execute(sql, params or {})
+                cols = [d[0] for d in cur.description]
+                return [_decode(dict(zip(cols, r, strict=True)), table) for r in cur.fetchall()]
+            text, names = _pg(sql)
+            args = [params[n] for n in names] if params else []
+            records = await (await self._pg_conn()).fetch(text, *args)
+        except (sqlite3.IntegrityError, _PG_INTEGRITY) as exc:
+            raise IntegrityError(sql, params, exc) from exc
+        return [_decode(dict(r), table) for r in records]
+
+    async def fetchone(self, sql: str, params: Mapping[str, Any] | None = None, *,
+                       table: Table | None = None) -> dict[str, Any] | None:
+        rows = await self.fetchall(sql, params, table=table)
+        return rows[0] if rows else None
+
+    async def insert(self, table: Table, row: Mapping[str, Any]) -> None:
+        """Insert one row given as column -> value (JSON columns as Python values)."""
+        await self.execute(_insert_sql(table, tuple(row)), _encode(table, row))
+
+    async def update(self, table: Table, values: Mapping[str, Any],
+                     where: Mapping[str, Any]) -> int:
+        """``UPDATE table SET values WHERE`` every ``where`` column equals its value; the
+        number of rows changed."""
+        params = {f"s_{k}": v for k, v in _encode(table, values).items()}
+        params.update({f"w_{k}": v for k, v in where.items()})
+        return await self.execute(_update_sql(table, tuple(values), tuple(where)), params)
+
+
+def direct(conn: AsyncConnection) -> Direct:
+    """The :class:`Direct` handle of ``conn``'s driver connection (same transaction)."""
+    fairy = conn.sync_connection.connection if conn.sync_connection else None
+    if fairy is None:
+        raise RuntimeError("direct() needs a connected AsyncConnection")
+    lite = getattr(fairy.driver_connection, "_conn", None)
+    return Direct(fairy.dbapi_connection, lite if isinstance(lite, sqlite3.Connection) else None)
