@@ -266,6 +266,34 @@ def test_replayed_post_runs_once(merchant):
     assert [k["description"] for k in keys].count("replay me") == 1
 
 
+def test_replayed_post_with_idempotency_key_is_refused_not_replayed(merchant):
+    # The nonce of a POST with an Idempotency-Key is written in the claim's transaction: the
+    # very same signed request sent again must still be a replayed nonce, not a replay.
+    body = encode({"description": "keyed replay"})
+    url = merchant.base_url + "/v1/access_keys"
+    headers = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
+    headers |= {"Content-Type": "application/json", "Idempotency-Key": "keyed-replay-1"}
+    assert httpx.post(url, content=body, headers=headers).status_code == 201
+    assert_error(httpx.post(url, content=body, headers=headers), 401, AUTH, "replayed_nonce")
+    # a fresh signature with the same key replays the stored answer
+    again = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
+    again |= {"Content-Type": "application/json", "Idempotency-Key": "keyed-replay-1"}
+    replayed = httpx.post(url, content=body, headers=again)
+    assert replayed.status_code == 201 and replayed.headers["idempotent-replayed"] == "true"
+    keys = merchant.raw().get("/v1/access_keys").json()["data"]
+    assert [k["description"] for k in keys].count("keyed replay") == 1
+
+
+def test_post_refused_before_its_claim_still_uses_up_its_nonce(merchant):
+    body = encode({"description": "bad key"})
+    url = merchant.base_url + "/v1/access_keys"
+    headers = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
+    headers |= {"Content-Type": "application/json", "Idempotency-Key": "bad key with spaces"}
+    assert_error(httpx.post(url, content=body, headers=headers), 400, "invalid_request_error",
+                 "idempotency_key_invalid")
+    assert_error(httpx.post(url, content=body, headers=headers), 401, AUTH, "replayed_nonce")
+
+
 def test_bad_signature_does_not_burn_the_nonce(merchant):
     nonce = "burn-check-0123456789"
     bad = sign_headers("GET", merchant.base_url + "/v1/account", b"", merchant.access_key,

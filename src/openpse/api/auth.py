@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from openpse.api.nonces import NonceStore
+from openpse.api.nonces import NonceStore, PendingNonce
 from openpse.crypto import SecretBox
 from openpse.domain import signing
 from openpse.domain.errors import AuthenticationFailed, PermissionDenied
@@ -47,6 +47,17 @@ class AuthContext:
     livemode: bool
     access_key_id: str
     rate_limit_per_s: int | None
+    # Set when the nonce check was deferred into the idempotency claim's transaction
+    # (authenticate(defer_nonce=True)); the pipeline must then write it (PendingNonce.write).
+    pending_nonce: PendingNonce | None = None
+
+
+def replayed_nonce() -> AuthenticationFailed:
+    return AuthenticationFailed(
+        "this X-PSE-Nonce was already used with this key: send a fresh random nonce with every "
+        "request (a retry is a new request, re-signed)",
+        code="replayed_nonce",
+    )
 
 
 def _utc(ts: float) -> str:
@@ -132,7 +143,10 @@ class Authenticator:
         headers: dict[str, str],
         body: bytes,
         ip: str | None,
+        defer_nonce: bool = False,
     ) -> AuthContext:
+        """Check the signature. With ``defer_nonce`` (and a database nonce store) the nonce is
+        not written here but returned as ``pending_nonce`` for the caller's transaction."""
         missing = [h for h in REQUIRED_HEADERS if not headers.get(h)]
         if missing:
             names = ", ".join("X-PSE-" + h[6:].title() for h in missing)
@@ -171,17 +185,18 @@ class Authenticator:
                 code="invalid_signature",
                 extra=extra,
             )
-        if not await self._nonces.remember(key_id, nonce, now_s=ts, ttl_s=2 * self._window_s):
-            raise AuthenticationFailed(
-                "this X-PSE-Nonce was already used with this key: send a fresh random nonce "
-                "with every request (a retry is a new request, re-signed)",
-                code="replayed_nonce",
-            )
+        pending = None
+        if defer_nonce and getattr(self._nonces, "deferrable", False):
+            pending = PendingNonce(key_id, nonce, ts + 2 * self._window_s)
+        elif not await self._nonces.remember(key_id, nonce, now_s=ts,
+                                             ttl_s=2 * self._window_s):
+            raise replayed_nonce()
         return AuthContext(
             merchant_id=key["merchant_id"],
             livemode=bool(key["livemode"]),
             access_key_id=key_id,
             rate_limit_per_s=key["rate_limit_per_s"],
+            pending_nonce=pending,
         )
 
     async def _load_key(self, key_id: str) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 
+from openpse.api.auth import replayed_nonce
+from openpse.api.nonces import PendingNonce
 from openpse.crypto import SecretBox
 from openpse.domain.errors import IdempotencyFailure, InvalidRequest
 from openpse.storage.db import Database
@@ -70,6 +72,7 @@ class Claimed:
 class IdempotencyStore:
     def __init__(self, db: Database, box: SecretBox, *, lock_timeout_s: int) -> None:
         self._db = db
+        self.db = db
         # Stored responses can hold secrets shown once (new keys, webhook secrets): they are
         # encrypted at rest like every other secret, bound to their row.
         self._box = box
@@ -85,10 +88,15 @@ class IdempotencyStore:
         path: str,
         req_hash: str,
         now: int,
+        nonce: PendingNonce | None = None,
     ) -> Claimed | Replay:
+        """Claim the key, or find who holds it. A deferred request nonce is written in the
+        claim's transaction (one transaction for both); if the claim loses, on its own."""
         for _ in range(3):  # bounded: insert, or find the holder (or an expired row to drop)
             try:
                 async with self._db.transaction() as tx:
+                    if nonce is not None and not await nonce.write(tx):
+                        raise replayed_nonce()
                     got = await direct(tx).fetchone(_CLAIM, {
                         "merchant_id": merchant_id, "livemode": livemode, "key": key,
                         "request_hash": req_hash, "method": method, "path": path,
@@ -97,6 +105,11 @@ class IdempotencyStore:
                     return Claimed(record_id=int(got["id"]), resource_id=None)
             except IntegrityError:
                 pass
+            if nonce is not None:  # rolled back with the lost claim: write it on its own
+                async with self._db.transaction() as tx:
+                    if not await nonce.write(tx):
+                        raise replayed_nonce()
+                nonce = None
             async with self._db.read() as conn:
                 found = await direct(conn).fetchone(_FIND, {"m": merchant_id, "l": livemode,
                                                             "k": key}, table=idempotency_keys)

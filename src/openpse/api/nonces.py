@@ -7,15 +7,16 @@ rows are removed by the worker's housekeeping job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 
-from openpse.storage.db import Database
+from openpse.storage.db import Database, Tx
 from openpse.storage.direct import direct
 from openpse.storage.tables import nonces
 
-__all__ = ["DatabaseNonceStore", "NonceStore", "RedisNonceStore"]
+__all__ = ["DatabaseNonceStore", "NonceStore", "PendingNonce", "RedisNonceStore"]
 
 
 class NonceStore(Protocol):
@@ -24,18 +25,46 @@ class NonceStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PendingNonce:
+    """A checked request's nonce not written yet: it is written in the request's first write
+    transaction (the idempotency claim), saving a transaction of its own."""
+
+    key_id: str
+    nonce: str
+    expires_at: int
+
+    async def write(self, tx: Tx) -> bool:
+        """Insert it inside ``tx``; False when it was already used (``tx`` is then unusable on
+        PostgreSQL: the caller rolls it back)."""
+        try:
+            await direct(tx).insert(nonces, {"access_key_id": self.key_id, "nonce": self.nonce,
+                                             "expires_at": self.expires_at})
+        except IntegrityError:
+            return False
+        return True
+
+
 class DatabaseNonceStore:
+    # The pipeline may defer the insert into the idempotency claim's transaction.
+    deferrable = True
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def remember(self, key_id: str, nonce: str, *, now_s: int, ttl_s: int) -> bool:
+        pending = PendingNonce(key_id, nonce, now_s + ttl_s)
         try:
             async with self._db.transaction() as tx:
-                await direct(tx).insert(nonces, {"access_key_id": key_id, "nonce": nonce,
-                                                 "expires_at": now_s + ttl_s})
-        except IntegrityError:
+                if not await pending.write(tx):
+                    raise _Replayed
+        except _Replayed:
             return False
         return True
+
+
+class _Replayed(Exception):
+    pass
 
 
 class RedisNonceStore:

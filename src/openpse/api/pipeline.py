@@ -20,10 +20,11 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openpse.api.auth import AuthContext, Authenticator, client_ip
+from openpse.api.auth import AuthContext, Authenticator, client_ip, replayed_nonce
 from openpse.api.errors import JSON_CONTENT_TYPE, error_body, json_bytes
 from openpse.api.idempotency import Claimed, IdempotencyStore, Replay, request_hash, validate_key
 from openpse.api.metrics import AUTH_FAILURES, REQUEST_LATENCY, RESPONSES
+from openpse.api.nonces import PendingNonce
 from openpse.api.ratelimit import RateLimiter
 from openpse.domain import errors as e
 from openpse.domain.ids import new_id
@@ -122,10 +123,20 @@ class Pipeline:
         try:
             body = await self._read_body(scope, receive, headers)
             if scope["path"].startswith(API_PREFIX):
-                auth = await self._authenticate(scope, headers, body, ip)
+                # A POST with an Idempotency-Key writes its nonce in the claim's transaction.
+                defer = scope["method"] == "POST" and "idempotency-key" in headers
+                auth = await self._authenticate(scope, headers, body, ip, defer_nonce=defer)
                 state["auth"] = auth
-                extra.extend(await self._rate_limit(auth))
-                _reject_nul(scope, body)
+                try:
+                    extra.extend(await self._rate_limit(auth))
+                    _reject_nul(scope, body)
+                    if defer:
+                        validate_key(headers["idempotency-key"])
+                except BaseException:
+                    if auth.pending_nonce is not None:  # refused before the claim: write it
+                        await self._write_nonce(auth.pending_nonce)
+                    raise
+                # The claim writes a pending nonce (or refuses it as replayed).
                 outcome = await self._claim(scope, headers, body, auth)
                 if isinstance(outcome, Replay):
                     await self._send_replay(cap, outcome)
@@ -144,7 +155,8 @@ class Pipeline:
                 claim = None
         except e.DomainError as err:
             error_code = err.code
-            if isinstance(err, e.AuthenticationFailed | e.PermissionDenied) and auth is None:
+            if isinstance(err, e.AuthenticationFailed | e.PermissionDenied) and (
+                    auth is None or err.code == "replayed_nonce"):
                 AUTH_FAILURES.labels(err.code).inc()
             await self._send_error(cap, err, request_id)
             if claim is not None:
@@ -192,8 +204,14 @@ class Pipeline:
                 break
         return b"".join(parts)
 
+    async def _write_nonce(self, pending: PendingNonce) -> None:
+        async with self.cfg.idempotency.db.transaction() as tx:
+            if not await pending.write(tx):
+                raise replayed_nonce()
+
     async def _authenticate(
-        self, scope: Scope, headers: dict[str, str], body: bytes, ip: str | None
+        self, scope: Scope, headers: dict[str, str], body: bytes, ip: str | None,
+        defer_nonce: bool,
     ) -> AuthContext:
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
@@ -201,7 +219,7 @@ class Pipeline:
         return await self.cfg.authenticator.authenticate(
             method=scope["method"], raw_path=path,
             raw_query=scope.get("query_string", b"").decode("latin-1"),
-            headers=headers, body=body, ip=ip,
+            headers=headers, body=body, ip=ip, defer_nonce=defer_nonce,
         )
 
     async def _rate_limit(self, auth: AuthContext) -> list[tuple[bytes, bytes]]:
@@ -233,7 +251,7 @@ class Pipeline:
             merchant_id=auth.merchant_id, livemode=auth.livemode, key=key,
             method=scope["method"], path=scope["path"],
             req_hash=request_hash(scope["method"], scope["path"], query, body),
-            now=int(time.time()),
+            now=int(time.time()), nonce=auth.pending_nonce,
         )
 
     async def _settle_claim(self, claim: Claimed, cap: _Capture) -> None:

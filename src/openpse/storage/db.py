@@ -12,14 +12,17 @@ Reads use a separate small pool and never block on the writer (WAL readers see t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from openpse.storage.direct import direct
 from openpse.storage.inline_sqlite import inline_creator
 
 __all__ = ["Database", "Tx"]
@@ -71,7 +74,9 @@ class Database:
                 echo=echo,
                 pool_size=PG_POOL_SIZE,
                 max_overflow=PG_POOL_OVERFLOW,
-                pool_pre_ping=True,
+                # A ping costs three round trips (SQLAlchemy's asyncpg ping opens a
+                # transaction); only connections idle for a while are pinged (_ping_idle).
+                pool_pre_ping=False,
                 connect_args={
                     "server_settings": {
                         "statement_timeout": str(PG_STATEMENT_TIMEOUT_MS),
@@ -80,6 +85,7 @@ class Database:
                 },
             )
             self.read_engine = self.engine
+            _ping_idle(self.engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -91,6 +97,9 @@ class Database:
         else:
             async with self.engine.begin() as conn:
                 conn.info.pop(TX_SCOPED_INFO, None)
+                # Open it now: statements run directly on the driver (storage/direct.py) are
+                # then inside it whatever runs first.
+                await direct(conn).begin()
                 yield conn
 
     @asynccontextmanager
@@ -111,6 +120,28 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+
+
+PING_IDLE_AFTER_S = 10.0
+
+
+def _ping_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use only when it sat idle (a restarted server or a
+    dropped connection shows up there); a busy pool pays nothing. A dead one is replaced."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["openpse_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("openpse_idle_since")
+        if since is None or time.monotonic() - since < PING_IDLE_AFTER_S:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:

@@ -127,13 +127,19 @@ class Direct:
         self._lite = lite
         self.is_sqlite = lite is not None
 
-    async def _pg_conn(self) -> Any:
+    async def begin(self) -> None:
+        """Open the SQLAlchemy connection's transaction now (PostgreSQL). SQLAlchemy's asyncpg
+        adapter opens it lazily at its first statement; ``Database.transaction()`` calls this
+        so direct statements are inside it even when they run first. Outside a transaction
+        (``Database.read()``), a direct statement runs on its own, as a single-statement
+        read."""
         adapter = self._adapter
-        # SQLAlchemy's asyncpg adapter opens the transaction at the first statement; open it
-        # now if nothing ran yet, so direct statements are inside it (and commit with it).
-        if adapter._transaction is None and adapter.isolation_level != "autocommit":
+        if (self._lite is None and adapter._transaction is None
+                and adapter.isolation_level != "autocommit"):
             await adapter._start_transaction()
-        return adapter._connection
+
+    async def _pg_conn(self) -> Any:
+        return self._adapter._connection
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         """Run one statement; the number of rows it changed."""
