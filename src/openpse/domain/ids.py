@@ -7,6 +7,7 @@ B-tree inserts local and gives cursor pagination a stable order.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import threading
 import time
@@ -36,12 +37,16 @@ PREFIXES = {
 }
 
 
+_FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+
+
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """``value`` as ``length`` Crockford base32 digits, most significant first (base64's C
+    base32 encoder does the 5-bit grouping; only the alphabet differs)."""
+    nbytes = (length * 5 + 7) // 8
+    pad = nbytes * 8 - length * 5
+    text = base64.b32encode((value << pad).to_bytes(nbytes, "big")).decode("ascii")
+    return text[:length].translate(_FROM_RFC4648)
 
 
 _last_value = 0

@@ -12,6 +12,7 @@ Reads use a separate small pool and never block on the writer (WAL readers see t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +31,8 @@ __all__ = ["Database", "Tx"]
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_READERS = 4
 SQLITE_POOL_TIMEOUT_S = 60
-PG_POOL_SIZE = 10
+PG_WRITERS = 10  # write connections kept open (of the pool)
+PG_POOL_SIZE = 20  # writers + readers
 PG_POOL_OVERFLOW = 10
 PG_STATEMENT_TIMEOUT_MS = 30_000
 
@@ -47,6 +49,10 @@ class Database:
         self.dialect = make_url(url).get_backend_name()
         self.is_sqlite = self.dialect == "sqlite"
         self._write_lock = asyncio.Lock()
+        self._idle_writers: list[tuple[AsyncConnection, float]] = []
+        self._writers_open = 0
+        self._writers_max = 1 if self.is_sqlite else PG_WRITERS
+        self._writer_returned = asyncio.Event()
         if self.is_sqlite:
             # One long-lived writer connection (the single writer), a few readers. Opening a
             # connection per unit of work costs a thread and the PRAGMAs each time.
@@ -91,16 +97,52 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction. Everything done on the yielded connection commits together."""
         if self.is_sqlite:
-            async with self._write_lock, self.engine.begin() as conn:
-                conn.info.pop(TX_SCOPED_INFO, None)
+            async with self._write_lock, self._unit() as conn:
                 yield conn
         else:
-            async with self.engine.begin() as conn:
+            async with self._unit() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _unit(self) -> AsyncIterator[AsyncConnection]:
+        # Write transactions run on connections this object keeps open (checking one out of
+        # the engine's pool and resetting it on return cost more than many statements).
+        conn = await self._checkout()
+        try:
+            async with conn.begin():
                 conn.info.pop(TX_SCOPED_INFO, None)
                 # Open it now: statements run directly on the driver (storage/direct.py) are
                 # then inside it whatever runs first.
                 await direct(conn).begin()
                 yield conn
+        finally:
+            if conn.closed or conn.invalidated or conn.in_transaction():
+                self._writers_open -= 1  # broken or interrupted mid-rollback: replace it
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            else:
+                self._idle_writers.append((conn, time.monotonic()))
+                self._writer_returned.set()
+
+    async def _checkout(self) -> AsyncConnection:
+        while True:
+            if self._idle_writers:
+                conn, since = self._idle_writers.pop()
+                if time.monotonic() - since < PING_IDLE_AFTER_S or await _alive(conn):
+                    return conn
+                self._writers_open -= 1
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                continue
+            if self._writers_open < self._writers_max:
+                self._writers_open += 1
+                try:
+                    return await self.engine.connect()
+                except BaseException:
+                    self._writers_open -= 1
+                    raise
+            self._writer_returned.clear()
+            await self._writer_returned.wait()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -117,12 +159,26 @@ class Database:
             return False
 
     async def dispose(self) -> None:
+        while self._idle_writers:
+            conn, _ = self._idle_writers.pop()
+            self._writers_open -= 1
+            with contextlib.suppress(Exception):
+                await conn.close()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
 
 
 PING_IDLE_AFTER_S = 10.0
+
+
+async def _alive(conn: AsyncConnection) -> bool:
+    try:
+        await conn.exec_driver_sql("SELECT 1")
+        await conn.rollback()
+        return True
+    except Exception:
+        return False
 
 
 def _ping_idle(engine: AsyncEngine) -> None:
@@ -157,6 +213,10 @@ def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight on sqlite3 (the inline connection): a statement through SQLAlchemy here
+        # cost more than the rest of a small transaction.
+        conn.connection.driver_connection.raw.execute(begin)

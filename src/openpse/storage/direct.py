@@ -197,10 +197,21 @@ class Direct:
         return await self.execute(_update_sql(table, tuple(values), tuple(where)), params)
 
 
+_KEY = "openpse_direct"
+
+
 def direct(conn: AsyncConnection) -> Direct:
-    """The :class:`Direct` handle of ``conn``'s driver connection (same transaction)."""
-    fairy = conn.sync_connection.connection if conn.sync_connection else None
-    if fairy is None:
-        raise RuntimeError("direct() needs a connected AsyncConnection")
-    lite = getattr(fairy.driver_connection, "_conn", None)
-    return Direct(fairy.dbapi_connection, lite if isinstance(lite, sqlite3.Connection) else None)
+    """The :class:`Direct` handle of ``conn``'s driver connection (same transaction). Kept in
+    the connection's ``info``, which SQLAlchemy clears when the driver connection is
+    replaced."""
+    info = conn.info
+    found = info.get(_KEY)
+    if found is None:
+        fairy = conn.sync_connection.connection if conn.sync_connection else None
+        if fairy is None:
+            raise RuntimeError("direct() needs a connected AsyncConnection")
+        lite = getattr(fairy.driver_connection, "raw", None)
+        found = info[_KEY] = Direct(fairy.dbapi_connection,
+                                    lite if isinstance(lite, sqlite3.Connection) else None)
+    assert isinstance(found, Direct)
+    return found

@@ -93,6 +93,11 @@ class InlineConnection:
         self._connection: sqlite3.Connection | None = conn
 
     @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself (storage/direct.py runs statements on it)."""
+        return self._conn
+
+    @property
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 
