@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from openpse.storage.direct import direct
 from openpse.storage.inline_sqlite import inline_creator
 
-__all__ = ["Database", "Tx"]
+__all__ = ["Database", "Tx", "before_commit"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_READERS = 4
@@ -39,6 +39,15 @@ PG_STATEMENT_TIMEOUT_MS = 30_000
 Tx = AsyncConnection
 # Key of ``conn.info`` holding facts valid for one transaction only (cleared at each begin).
 TX_SCOPED_INFO = "openpse_tx"
+# In TX_SCOPED_INFO: coroutines ``hook(conn)`` run last, just before the commit (the ledger
+# applies balance changes there, so hot account rows stay locked only for the commit).
+BEFORE_COMMIT = "before_commit"
+
+
+def before_commit(conn: AsyncConnection, hook: Callable[[AsyncConnection], Awaitable[None]]
+                  ) -> None:
+    """Run ``hook`` at the end of ``conn``'s current write transaction (once per call)."""
+    conn.info.setdefault(TX_SCOPED_INFO, {}).setdefault(BEFORE_COMMIT, []).append(hook)
 
 
 class Database:
@@ -51,8 +60,8 @@ class Database:
         self._write_lock = asyncio.Lock()
         self._idle_writers: list[tuple[AsyncConnection, float]] = []
         self._writers_open = 0
-        self._writers_max = 1 if self.is_sqlite else PG_WRITERS
-        self._writer_returned = asyncio.Event()
+        # Waiters are served in order, one per connection returned.
+        self._writer_slots = asyncio.Semaphore(1 if self.is_sqlite else PG_WRITERS)
         if self.is_sqlite:
             # One long-lived writer connection (the single writer), a few readers. Opening a
             # connection per unit of work costs a thread and the PRAGMAs each time.
@@ -107,42 +116,40 @@ class Database:
     async def _unit(self) -> AsyncIterator[AsyncConnection]:
         # Write transactions run on connections this object keeps open (checking one out of
         # the engine's pool and resetting it on return cost more than many statements).
-        conn = await self._checkout()
-        try:
-            async with conn.begin():
-                conn.info.pop(TX_SCOPED_INFO, None)
-                # Open it now: statements run directly on the driver (storage/direct.py) are
-                # then inside it whatever runs first.
-                await direct(conn).begin()
-                yield conn
-        finally:
-            if conn.closed or conn.invalidated or conn.in_transaction():
-                self._writers_open -= 1  # broken or interrupted mid-rollback: replace it
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            else:
-                self._idle_writers.append((conn, time.monotonic()))
-                self._writer_returned.set()
+        async with self._writer_slots:
+            conn = await self._checkout()
+            try:
+                async with conn.begin():
+                    conn.info.pop(TX_SCOPED_INFO, None)
+                    # Open it now: statements run directly on the driver (storage/direct.py)
+                    # are then inside it whatever runs first.
+                    await direct(conn).begin()
+                    yield conn
+                    for hook in conn.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT, ()):
+                        await hook(conn)
+            finally:
+                if conn.closed or conn.invalidated or conn.in_transaction():
+                    self._writers_open -= 1  # broken, or interrupted mid-rollback: replace it
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                else:
+                    self._idle_writers.append((conn, time.monotonic()))
 
     async def _checkout(self) -> AsyncConnection:
-        while True:
-            if self._idle_writers:
-                conn, since = self._idle_writers.pop()
-                if time.monotonic() - since < PING_IDLE_AFTER_S or await _alive(conn):
-                    return conn
-                self._writers_open -= 1
-                with contextlib.suppress(Exception):
-                    await conn.close()
-                continue
-            if self._writers_open < self._writers_max:
-                self._writers_open += 1
-                try:
-                    return await self.engine.connect()
-                except BaseException:
-                    self._writers_open -= 1
-                    raise
-            self._writer_returned.clear()
-            await self._writer_returned.wait()
+        """An open write connection (the caller holds a writer slot)."""
+        while self._idle_writers:
+            conn, since = self._idle_writers.pop()
+            if time.monotonic() - since < PING_IDLE_AFTER_S or await _alive(conn):
+                return conn
+            self._writers_open -= 1
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._writers_open += 1
+        try:
+            return await self.engine.connect()
+        except BaseException:
+            self._writers_open -= 1
+            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

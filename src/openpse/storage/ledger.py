@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
-from openpse.storage.db import TX_SCOPED_INFO, Tx
+from openpse.storage.db import TX_SCOPED_INFO, Tx, before_commit
 from openpse.storage.direct import direct
 from openpse.storage.tables import journals, ledger_accounts, postings
 
@@ -100,10 +100,28 @@ async def post_journal(
         rows.append({"journal_id": journal_id, "account_id": acct, "currency": p.currency,
                      "amount": p.amount})
     await d.executemany(_INSERT_POSTING, rows)
-    for acct, delta in sorted(deltas.items()):  # fixed order: no deadlocks between journals
+    # Balances change at commit time (apply_balance_deltas, called by the unit of work): a
+    # merchant's account rows are hot, and their row locks are then held only for the commit.
+    scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
+    pending = scoped.get(_BALANCE_DELTAS)
+    if pending is None:
+        pending = scoped[_BALANCE_DELTAS] = defaultdict(int)
+        before_commit(tx, _apply_balance_deltas)
+    for acct, delta in deltas.items():
+        pending[acct] += delta
+    return journal_id
+
+
+_BALANCE_DELTAS = "balance_deltas"
+
+
+async def _apply_balance_deltas(tx: Tx) -> None:
+    """Add the transaction's postings to its accounts' balances, in account order (no
+    deadlocks between transactions touching the same accounts)."""
+    d = direct(tx)
+    for acct, delta in sorted(tx.info[TX_SCOPED_INFO][_BALANCE_DELTAS].items()):
         if delta:
             await d.execute(_ADD_TO_BALANCE, {"delta": delta, "id": acct})
-    return journal_id
 
 
 _INSERT_JOURNAL = ("INSERT INTO journals (id, merchant_id, livemode, kind, reference_id, created) "
