@@ -260,7 +260,7 @@ def ledger_verify(
 ) -> None:
     """Check every journal balances and all accounts sum to zero; exit 1 if anything is off."""
     from openpse.bootstrap import build_services
-    from openpse.storage.ledger import VerifyReport, verify_ledger
+    from openpse.storage.ledger_verify import VerifyReport, verify_ledger
 
     settings = _settings(database_url)
     _prepare(settings)

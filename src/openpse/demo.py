@@ -381,7 +381,7 @@ def step_ledger(ctx: dict[str, Any]) -> str:
     import asyncio
 
     from openpse.bootstrap import build_services
-    from openpse.storage.ledger import verify_ledger
+    from openpse.storage.ledger_verify import verify_ledger
 
     async def go() -> Any:
         svc = build_services(ctx["settings"])

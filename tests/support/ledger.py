@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from openpse.storage.ledger import verify_ledger
+from openpse.storage.ledger_verify import verify_ledger
 from openpse.storage.tables import (
     events,
     journals,

@@ -1,4 +1,5 @@
-"""Ledger persistence: post a journal (inside the caller's transaction) and verify the books.
+"""Ledger persistence: post a journal (inside the caller's transaction); ``ledger_verify``
+checks the books.
 
 Posting is two statements however many postings a journal has: one multi-row insert of the
 postings and one balance update per touched account (accounts are created on first use).
@@ -7,19 +8,18 @@ postings and one balance update per touched account (accounts are created on fir
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select
+from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
 from openpse.storage.db import TX_SCOPED_INFO, Tx, before_commit
 from openpse.storage.direct import direct
-from openpse.storage.tables import journals, ledger_accounts, postings
+from openpse.storage.tables import ledger_accounts
 
-__all__ = ["VerifyReport", "balances_for", "post_journal", "verify_ledger"]
+__all__ = ["balances_for", "post_journal"]
 
 
 # Account ids never change once committed, so each process remembers them: a journal then
@@ -142,88 +142,3 @@ async def balances_for(conn: Tx, merchant_id: str, livemode: bool) -> dict[tuple
         )
     ).all()
     return {(r.kind, r.currency): int(r.balance) for r in rows}
-
-
-@dataclass
-class VerifyReport:
-    journals: int = 0
-    postings: int = 0
-    accounts: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "journals": self.journals,
-            "postings": self.postings,
-            "accounts": self.accounts,
-            "problems": self.problems,
-        }
-
-
-MAX_PROBLEMS_LISTED = 50
-
-
-async def verify_ledger(conn: Tx) -> VerifyReport:
-    """Every journal balances per currency; every account's balance equals the sum of its
-    postings; all accounts together sum to zero per (mode, currency). Aggregates run in SQL."""
-    rep = VerifyReport()
-    rep.journals = int(
-        (await conn.execute(select(func.count()).select_from(journals))).scalar_one()
-    )
-    rep.postings = int(
-        (await conn.execute(select(func.count()).select_from(postings))).scalar_one()
-    )
-    rep.accounts = int(
-        (await conn.execute(select(func.count()).select_from(ledger_accounts))).scalar_one()
-    )
-    unbalanced = (
-        await conn.execute(
-            select(postings.c.journal_id, postings.c.currency, func.sum(postings.c.amount))
-            .group_by(postings.c.journal_id, postings.c.currency)
-            .having(func.sum(postings.c.amount) != 0)
-            .limit(MAX_PROBLEMS_LISTED)
-        )
-    ).all()
-    rep.problems += [f"journal {j} does not balance in {c}: {s}" for j, c, s in unbalanced]
-    empty = (
-        await conn.execute(
-            select(journals.c.id)
-            .where(~journals.c.id.in_(select(postings.c.journal_id).distinct()))
-            .limit(MAX_PROBLEMS_LISTED)
-        )
-    ).all()
-    rep.problems += [f"journal {r.id} has no postings" for r in empty]
-    sums = (
-        select(postings.c.account_id, func.sum(postings.c.amount).label("s"))
-        .group_by(postings.c.account_id)
-        .subquery()
-    )
-    drift = (
-        await conn.execute(
-            select(ledger_accounts.c.id, ledger_accounts.c.balance, sums.c.s)
-            .select_from(ledger_accounts.outerjoin(sums, sums.c.account_id == ledger_accounts.c.id))
-            .where(ledger_accounts.c.balance != func.coalesce(sums.c.s, 0))
-            .limit(MAX_PROBLEMS_LISTED)
-        )
-    ).all()
-    rep.problems += [f"account {a} balance {b} != sum of postings {s or 0}" for a, b, s in drift]
-    totals = (
-        await conn.execute(
-            select(
-                ledger_accounts.c.livemode,
-                ledger_accounts.c.currency,
-                func.sum(ledger_accounts.c.balance),
-            )
-            .group_by(ledger_accounts.c.livemode, ledger_accounts.c.currency)
-            .having(func.sum(ledger_accounts.c.balance) != 0)
-        )
-    ).all()
-    rep.problems += [
-        f"accounts ({'live' if m else 'test'}, {c}) sum to {s}, not zero" for m, c, s in totals
-    ]
-    return rep

@@ -197,7 +197,11 @@ payments = Table(
     Column("expiry_warned_at", BigInteger),  # payment.expiring_soon was emitted (once)
     Column("payment_method_enc", Text),  # AES-GCM of the method's secret (a debit's IBAN)
     Index("ix_payments_scope_id", "merchant_id", "livemode", "id"),
-    Index("ix_payments_scope_order", "merchant_id", "livemode", "merchant_order_id"),
+    # Filtered lists, newest first (migration 0004): each filter's index ends with ``id`` so the
+    # filter and the order come from one index; SQLite (no statistics) otherwise walks the
+    # whole scope by id looking for matches.
+    Index("ix_payments_scope_order_id", "merchant_id", "livemode", "merchant_order_id", "id"),
+    Index("ix_payments_scope_status", "merchant_id", "livemode", "status", "id"),
     Index("ix_payments_status_expires", "status", "expires_at"),
     Index("ix_payments_status_settles", "status", "settles_at"),
 )
@@ -283,7 +287,8 @@ events = Table(
     Column("payload", Text, nullable=False),  # the full event JSON, exactly as delivered
     Column("created", BigInteger, nullable=False),
     Index("ix_events_scope_id", "merchant_id", "livemode", "id"),
-    Index("ix_events_object", "object_id"),
+    Index("ix_events_scope_object", "merchant_id", "livemode", "object_id", "id"),  # 0004
+    Index("ix_events_scope_type", "merchant_id", "livemode", "type", "id"),  # 0004
 )
 
 # Double-entry ledger. An account belongs to (merchant or platform, mode, currency, kind).
@@ -316,10 +321,14 @@ postings = Table(
     "postings",
     metadata,
     Column("id", BIGINT_PK, primary_key=True, autoincrement=True),
-    Column("journal_id", String(ID), ForeignKey("journals.id"), nullable=False, index=True),
-    Column("account_id", BigInteger, ForeignKey("ledger_accounts.id"), nullable=False, index=True),
+    Column("journal_id", String(ID), ForeignKey("journals.id"), nullable=False),
+    Column("account_id", BigInteger, ForeignKey("ledger_accounts.id"), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("amount", BigInteger, nullable=False),  # > 0 debit, < 0 credit
+    # Covering (migration 0004): `ledger verify` sums per journal and per account from the
+    # indexes alone, in order, with no sort.
+    Index("ix_postings_journal_currency_amount", "journal_id", "currency", "amount"),
+    Index("ix_postings_account_amount", "account_id", "amount"),
 )
 
 # Things a person must look at: a late acquirer answer for a payment already final, a voucher
