@@ -15,7 +15,11 @@ server that answers 200 and notes when each ``webhook-id`` first arrived); the d
    transaction (p50, p99, max).
 
 ``--uvloop`` runs the job on uvloop, as it runs inside ``openpse serve`` (uvicorn picks uvloop);
-``openpse worker`` runs on the default asyncio loop. Prints one JSON line per phase.
+``openpse worker`` runs on the default asyncio loop. Prints one JSON line per phase, with the
+CPU it cost: in the backlog phase the worker processes' own user+system CPU from go to done
+(``cpu_s``, and per 1,000 deliveries) and the sum of their peak RSS (``VmHWM``); in the steady
+phase this process's CPU over the phase (the emitter and the job share it) and its peak RSS.
+``bench/run.py`` runs this script as one of its scenarios.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import queue
+import resource
 import secrets
 import statistics
 import sys
@@ -38,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 MASTER_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 WORKER_POLL_S = 0.05
+WORKER_READY_TIMEOUT_S = 120
 
 
 # --- the receiver (its own process) --------------------------------------------------------------
@@ -171,7 +178,18 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _worker_main(url: str, tmp: str, go: Any, done: Any, use_uvloop: bool) -> None:
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    """This process's VmHWM (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker_main(url: str, tmp: str, go: Any, done: Any, use_uvloop: bool,
+                 usage: Any = None, ready: Any = None) -> None:
     """One delivery worker process: what ``openpse worker`` runs, until the queue is empty."""
 
     async def run() -> None:
@@ -184,7 +202,12 @@ def _worker_main(url: str, tmp: str, go: Any, done: Any, use_uvloop: bool) -> No
         svc = build_services(Settings(database_url=url, master_key=SecretStr(MASTER_KEY),
                                       data_dir=Path(tmp), allow_local_webhooks=True))
         runner = build_runner(svc)
+        async with svc.db.read():
+            pass  # connected: what is left before "go" is the delivery work itself
+        if ready is not None:
+            ready.set()
         go.wait()
+        cpu0 = _cpu_s()
         idle_since = None
         while idle_since is None or time.monotonic() - idle_since < 1.0:
             if await runner.run_once(int(time.time())) == 0 and runner.in_flight == 0:
@@ -194,6 +217,8 @@ def _worker_main(url: str, tmp: str, go: Any, done: Any, use_uvloop: bool) -> No
                 idle_since = None
         await runner.close()
         await svc.db.dispose()
+        if usage is not None:
+            usage.put({"cpu_s": _cpu_s() - cpu0, "peak_rss_mb": _peak_rss_mb()})
         done.set()
 
     if use_uvloop:
@@ -212,14 +237,19 @@ async def backlog(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, A
             await _emit(svc, caller, min(500, args.events - start))
         ctx = mp.get_context("spawn")
         go = ctx.Event()
+        usage = ctx.Queue()
         workers = []
+        readies = []
         for _ in range(args.workers):
-            done = ctx.Event()
+            done, ready = ctx.Event(), ctx.Event()
             proc = ctx.Process(target=_worker_main,
-                               args=(svc.db.url, str(tmp), go, done, args.uvloop))
+                               args=(svc.db.url, str(tmp), go, done, args.uvloop, usage, ready))
             proc.start()
             workers.append((proc, done))
-        await asyncio.sleep(3)  # let the workers import and connect
+            readies.append(ready)
+        for ready in readies:  # let the workers import and connect
+            await asyncio.to_thread(ready.wait, WORKER_READY_TIMEOUT_S)
+        await asyncio.sleep(args.startup_wait_s)
         started = time.time()
         go.set()
         while True:
@@ -230,10 +260,20 @@ async def backlog(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, A
         for proc, done in workers:
             await asyncio.to_thread(done.wait, 30)
             proc.join(30)
+        used = []
+        for _ in workers:
+            try:
+                used.append(usage.get(timeout=5))
+            except queue.Empty:
+                break
         elapsed_s = max(arrivals.values()) - started
+    cpu_s = sum(u["cpu_s"] for u in used)
     return {"phase": "backlog", "backend": svc.db.dialect, "workers": args.workers,
             "uvloop": args.uvloop, "events": args.events, "received": len(arrivals),
-            "seconds": round(elapsed_s, 2), "deliveries_per_s": round(len(arrivals) / elapsed_s)}
+            "seconds": round(elapsed_s, 2), "deliveries_per_s": round(len(arrivals) / elapsed_s),
+            "cpu_s": round(cpu_s, 3),
+            "cpu_s_per_1000": round(cpu_s / max(1, len(arrivals)) * 1000, 3),
+            "peak_rss_mb": round(sum(u["peak_rss_mb"] for u in used), 1)}
 
 
 async def steady(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, Any]:
@@ -247,6 +287,8 @@ async def steady(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, An
         runner = build_runner(svc)
         stop = asyncio.Event()
         worker = asyncio.create_task(_worker_loop(runner, stop))
+        cpu0 = _cpu_s()
+        started_wall = time.time()
         started = time.perf_counter()
         total = args.steady_events
         for n in range(0, total, per_tx):
@@ -263,13 +305,20 @@ async def steady(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, An
             await asyncio.sleep(0.2)
         stop.set()
         await worker
+        cpu_s = _cpu_s() - cpu0
         await runner.close()
     lat_ms = [(arrivals[i] - committed[i]) * 1000 for i in committed if i in arrivals]
+    seconds = max(arrivals[i] for i in committed if i in arrivals) - started_wall
     return {"phase": "steady", "backend": svc.db.dialect, "events": total, "rate_per_s": args.rate,
-            "received": len(lat_ms),
+            "received": len(lat_ms), "seconds": round(seconds, 2),
+            "deliveries_per_s": round(len(lat_ms) / seconds, 1),
             "enqueue_to_2xx_ms_p50": round(statistics.median(lat_ms), 1),
+            "enqueue_to_2xx_ms_p95": round(_pct(lat_ms, 0.95), 1),
             "enqueue_to_2xx_ms_p99": round(_pct(lat_ms, 0.99), 1),
-            "enqueue_to_2xx_ms_max": round(max(lat_ms), 1)}
+            "enqueue_to_2xx_ms_max": round(max(lat_ms), 1),
+            "cpu_s": round(cpu_s, 3),
+            "cpu_s_per_1000": round(cpu_s / max(1, len(lat_ms)) * 1000, 3),
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
 def main() -> None:
@@ -282,6 +331,9 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true",
                         help="run the job on uvloop (as `openpse serve` does under uvicorn)")
     parser.add_argument("--phase", choices=["backlog", "steady", "both"], default="both")
+    parser.add_argument("--startup-wait-s", type=float, default=1.0,
+                        help="backlog: extra settling time once every worker process has "
+                             "imported and connected, before they start")
     parser.add_argument("--database-url", default=None,
                         help="postgresql://... (a fresh database is created beside it); "
                              "default: a temporary SQLite file")
