@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench bench-smoke
 
 $(STAMP): pyproject.toml constraints.txt sdk/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/test.sh
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.run --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .openpse
