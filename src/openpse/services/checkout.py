@@ -519,8 +519,13 @@ async def pay_session(svc: Services, session_id: str, token: str | None,
         return PayResult("invalid", page, code=exc.code, message=exc.message, param=exc.param)
     refused = await _claim(svc, s["id"], created["id"])
     if refused is not None:  # another submit is ahead of us: this payment never runs
+        page = await load_page(svc, session_id, token)
+        # Ahead of us and under way, or already paid (a fast winner closes the session before
+        # a concurrent submit claims): a duplicate. Closed otherwise (expired): abandoned.
+        paid_by_other = page.payment is not None and page.payment["status"] in PAID
         await _cancel_quietly(svc, caller, created["id"],
-                              "duplicate" if refused == "in_progress" else "abandoned")
+                              "duplicate" if refused == "in_progress" or paid_by_other
+                              else "abandoned")
         page = await load_page(svc, session_id, token)
         return PayResult(refused, page, payment=page.payment)
     return await _confirm(svc, caller, s["id"], token, created["id"], card)
