@@ -42,7 +42,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, cast
-from urllib.parse import quote, unquote_to_bytes, urlsplit
+from urllib.parse import urlsplit
+
+# The server's own signing rules (CONTRACT §2); re-exported for the prototype.
+from openpse.domain.signing import canonical_query, string_to_sign
 
 __all__ = [
     "Auth",
@@ -61,31 +64,6 @@ BARRIER_TIMEOUT_S: Final = 120.0
 RESULT_TIMEOUT_S: Final = 600.0
 DEFAULT_PROCESSES: Final = 2
 MAX_ERROR_SAMPLES: Final = 5
-EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
-
-
-# --- signing (CONTRACT §2) ----------------------------------------------------------------------
-
-
-def _encode_component(component: str) -> str:
-    return quote(unquote_to_bytes(component), safe="")
-
-
-def canonical_query(raw_query: str) -> str:
-    """Every ``key=value`` pair re-encoded per RFC 3986, sorted, joined by ``&``."""
-    pairs = []
-    for segment in raw_query.split("&"):
-        if segment:
-            key, _, value = segment.partition("=")
-            pairs.append((_encode_component(key), _encode_component(value)))
-    pairs.sort()
-    return "&".join(f"{k}={v}" for k, v in pairs)
-
-
-def string_to_sign(method: str, path: str, canonical: str, timestamp: str, nonce: str,
-                   body: bytes) -> str:
-    body_hash = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
-    return "\n".join((method, path, canonical, timestamp, nonce, body_hash))
 
 
 # --- what to send --------------------------------------------------------------------------------
@@ -190,7 +168,6 @@ class _Renderer:
         self.host = host
         self.prefix = secrets.token_hex(6)  # 12 chars; nonces are prefix + 12 hex digits
         self.seq = 0
-        self.canon: dict[str, str] = {}
 
     def render(self, req: Request) -> bytes:
         method, path, query, body, ctype = req
@@ -201,10 +178,7 @@ class _Renderer:
         if kind == "pse":
             ts = str(int(time.time()))
             nonce = f"{self.prefix}{self.seq:012x}"
-            canon = self.canon.get(query)
-            if canon is None:
-                canon = self.canon[query] = canonical_query(query)
-            sts = string_to_sign(method, path, canon, ts, nonce, body)
+            sts = string_to_sign(method, path, query, ts, nonce, body)
             sig = hmac.new(self.secret, sts.encode(), hashlib.sha256).hexdigest()
             head += ["X-PSE-Access-Key: " + self.auth.key, "X-PSE-Timestamp: " + ts,
                      "X-PSE-Nonce: " + nonce, "X-PSE-Signature: " + sig]

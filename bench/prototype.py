@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import orjson
 
-from bench.loadgen import canonical_query, percentile, string_to_sign
+from bench.loadgen import percentile, string_to_sign
 
 __all__ = ["MERCHANT_ID", "create_schema_pg", "pgbench_script", "schema"]
 
@@ -310,7 +310,7 @@ def _check_signature(headers: dict[bytes, bytes], method: str, path: str, query:
         raise HttpError(401, "authentication_error", "timestamp_out_of_window", "bad timestamp")
     if not NONCE_RE.match(nonce):
         raise HttpError(401, "authentication_error", "invalid_signature", "bad nonce")
-    sts = string_to_sign(method, path, canonical_query(query), ts.decode(), nonce.decode(), body)
+    sts = string_to_sign(method, path, query, ts.decode(), nonce.decode(), body)
     want = hmac.new(secret, sts.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(want.encode(), sig):
         raise HttpError(401, "authentication_error", "invalid_signature", "bad signature")

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
+
+from tests.support.servers import free_port, openpse_bin
 
 __all__ = [
     "MASTER_KEY",
@@ -44,16 +45,6 @@ STARTUP_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 20.0
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PG_POLL_S: Final = 0.2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def openpse_bin() -> str:
-    return str(Path(sys.executable).with_name("openpse"))
 
 
 def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None = None,

@@ -199,6 +199,13 @@ class Authenticator:
             pending_nonce=pending,
         )
 
+    async def remember(self, pending: PendingNonce) -> None:
+        """Write a deferred nonce on its own (the request was refused before its claim)."""
+        now = int(time.time())
+        if not await self._nonces.remember(pending.key_id, pending.nonce, now_s=now,
+                                           ttl_s=max(pending.expires_at - now, 0)):
+            raise replayed_nonce()
+
     async def _load_key(self, key_id: str) -> dict[str, Any]:
         if len(key_id) > 64 or not key_id.startswith(("ak_test_", "ak_live_")):
             row = None

@@ -72,7 +72,6 @@ class Claimed:
 class IdempotencyStore:
     def __init__(self, db: Database, box: SecretBox, *, lock_timeout_s: int) -> None:
         self._db = db
-        self.db = db
         # Stored responses can hold secrets shown once (new keys, webhook secrets): they are
         # encrypted at rest like every other secret, bound to their row.
         self._box = box

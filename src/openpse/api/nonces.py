@@ -34,12 +34,16 @@ class PendingNonce:
     nonce: str
     expires_at: int
 
+    async def insert(self, tx: Tx) -> None:
+        """Insert it inside ``tx``; IntegrityError when it was already used."""
+        await direct(tx).insert(nonces, {"access_key_id": self.key_id, "nonce": self.nonce,
+                                         "expires_at": self.expires_at})
+
     async def write(self, tx: Tx) -> bool:
         """Insert it inside ``tx``; False when it was already used (``tx`` is then unusable on
         PostgreSQL: the caller rolls it back)."""
         try:
-            await direct(tx).insert(nonces, {"access_key_id": self.key_id, "nonce": self.nonce,
-                                             "expires_at": self.expires_at})
+            await self.insert(tx)
         except IntegrityError:
             return False
         return True
@@ -53,18 +57,12 @@ class DatabaseNonceStore:
         self._db = db
 
     async def remember(self, key_id: str, nonce: str, *, now_s: int, ttl_s: int) -> bool:
-        pending = PendingNonce(key_id, nonce, now_s + ttl_s)
         try:
             async with self._db.transaction() as tx:
-                if not await pending.write(tx):
-                    raise _Replayed
-        except _Replayed:
+                await PendingNonce(key_id, nonce, now_s + ttl_s).insert(tx)
+        except IntegrityError:
             return False
         return True
-
-
-class _Replayed(Exception):
-    pass
 
 
 class RedisNonceStore:

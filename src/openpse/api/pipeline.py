@@ -20,11 +20,10 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openpse.api.auth import AuthContext, Authenticator, client_ip, replayed_nonce
+from openpse.api.auth import AuthContext, Authenticator, client_ip
 from openpse.api.errors import JSON_CONTENT_TYPE, error_body, json_bytes
 from openpse.api.idempotency import Claimed, IdempotencyStore, Replay, request_hash, validate_key
 from openpse.api.metrics import AUTH_FAILURES, REQUEST_LATENCY, RESPONSES
-from openpse.api.nonces import PendingNonce
 from openpse.api.ratelimit import RateLimiter
 from openpse.domain import errors as e
 from openpse.domain.ids import new_id
@@ -134,7 +133,7 @@ class Pipeline:
                         validate_key(headers["idempotency-key"])
                 except BaseException:
                     if auth.pending_nonce is not None:  # refused before the claim: write it
-                        await self._write_nonce(auth.pending_nonce)
+                        await self.cfg.authenticator.remember(auth.pending_nonce)
                     raise
                 # The claim writes a pending nonce (or refuses it as replayed).
                 outcome = await self._claim(scope, headers, body, auth)
@@ -203,11 +202,6 @@ class Pipeline:
             if not msg.get("more_body", False):
                 break
         return b"".join(parts)
-
-    async def _write_nonce(self, pending: PendingNonce) -> None:
-        async with self.cfg.idempotency.db.transaction() as tx:
-            if not await pending.write(tx):
-                raise replayed_nonce()
 
     async def _authenticate(
         self, scope: Scope, headers: dict[str, str], body: bytes, ip: str | None,

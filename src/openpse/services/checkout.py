@@ -519,15 +519,15 @@ async def pay_session(svc: Services, session_id: str, token: str | None,
         return PayResult("invalid", page, code=exc.code, message=exc.message, param=exc.param)
     refused = await _claim(svc, s["id"], created["id"])
     if refused is not None:  # another submit is ahead of us: this payment never runs
-        page = await load_page(svc, session_id, token)
+        outcome, ahead = refused
         # Ahead of us and under way, or already paid (a fast winner closes the session before
         # a concurrent submit claims): a duplicate. Closed otherwise (expired): abandoned.
-        paid_by_other = page.payment is not None and page.payment["status"] in PAID
+        paid_by_other = ahead is not None and ahead["status"] in PAID
         await _cancel_quietly(svc, caller, created["id"],
-                              "duplicate" if refused == "in_progress" or paid_by_other
+                              "duplicate" if outcome == "in_progress" or paid_by_other
                               else "abandoned")
         page = await load_page(svc, session_id, token)
-        return PayResult(refused, page, payment=page.payment)
+        return PayResult(outcome, page, payment=page.payment)
     return await _confirm(svc, caller, s["id"], token, created["id"], card)
 
 
@@ -539,9 +539,11 @@ def _refusal(page: PageSession) -> PayResult | None:
     return None
 
 
-async def _claim(svc: Services, session_id: str, payment_id: str) -> str | None:
+async def _claim(svc: Services, session_id: str, payment_id: str
+                 ) -> tuple[str, dict[str, Any] | None] | None:
     """Make ``payment_id`` the session's current payment, unless one is under way or paid
-    (then returns why not: ``in_progress`` or ``closed``)."""
+    (then returns why not, ``in_progress`` or ``closed``, with the session's current
+    payment)."""
     async with svc.db.transaction() as tx:
         scope = (await tx.execute(select(checkout_sessions.c.merchant_id,
                                          checkout_sessions.c.livemode).where(
@@ -557,7 +559,7 @@ async def _claim(svc: Services, session_id: str, payment_id: str) -> str | None:
         page = PageSession(row, "", current, clock)
         refusal = _refusal(page)
         if refusal is not None:
-            return refusal.outcome
+            return refusal.outcome, current
         await update_versioned(tx, checkout_sessions, row, {"payment_id": payment_id},
                                now=svc.now())
     return None

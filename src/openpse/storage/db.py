@@ -4,8 +4,9 @@ PostgreSQL: one async engine (asyncpg); concurrency is handled by row locks
 (``SELECT ... FOR UPDATE``) and unique constraints.
 
 SQLite: WAL, ``synchronous=FULL`` (durable), and exactly one writer per process: write
-transactions queue on an ``asyncio.Lock`` and open with ``BEGIN IMMEDIATE``, so two writers in
-different processes wait for each other (``busy_timeout``) instead of failing half-way.
+transactions queue for its one writer connection (a semaphore of one) and open with
+``BEGIN IMMEDIATE``, so two writers in different processes wait for each other
+(``busy_timeout``) instead of failing half-way.
 Reads use a separate small pool and never block on the writer (WAL readers see the last commit).
 """
 
@@ -57,7 +58,6 @@ class Database:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         self.is_sqlite = self.dialect == "sqlite"
-        self._write_lock = asyncio.Lock()
         self._idle_writers: list[tuple[AsyncConnection, float]] = []
         self._writers_open = 0
         # Waiters are served in order, one per connection returned.
@@ -104,13 +104,10 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction. Everything done on the yielded connection commits together."""
-        if self.is_sqlite:
-            async with self._write_lock, self._unit() as conn:
-                yield conn
-        else:
-            async with self._unit() as conn:
-                yield conn
+        """A write transaction. Everything done on the yielded connection commits together.
+        On SQLite the one writer slot is the single-writer lock."""
+        async with self._unit() as conn:
+            yield conn
 
     @asynccontextmanager
     async def _unit(self) -> AsyncIterator[AsyncConnection]:
