@@ -20,6 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from openpse.domain.errors import CardDeclined
 from openpse.services import payments as svc_payments
 from openpse.services import refunds as svc_refunds
 from openpse.services.context import Caller
@@ -27,6 +28,7 @@ from openpse.services.jobs import resolve_stuck_attempts
 from openpse.storage.tables import events, payment_attempts, payments, simulator_operations
 from tests.conftest import MerchantKit, make_server, new_merchant
 from tests.support.ledger import (
+    DECLINED,
     VISA,
     acquirer_operations,
     count_payments,
@@ -312,3 +314,71 @@ async def test_crash_in_refund_then_recovery_job(services, shop, monkeypatch):
     await _charged_once(services, shop, ["sale", "refund"])
     assert [j["kind"] for j in await journals_for(services, listed["data"][0]["id"])] == [
         "refund"]
+
+
+async def test_the_answer_commits_with_the_work_it_describes(services, shop, monkeypatch):
+    """A create+confirm stores its 201 with its Idempotency-Key in the transaction that applies
+    the acquirer's answer: a process that dies before sending it leaves a key that replays that
+    answer (CONTRACT §3). The answer never commits without the work, and a decline is left for
+    the pipeline to store as it is sent."""
+    import orjson
+
+    from openpse.api.errors import JSON_CONTENT_TYPE
+    from openpse.api.idempotency import Claimed, IdempotencyStore, Replay
+
+    store = IdempotencyStore(services.db, services.secrets, lock_timeout_s=60)
+
+    async def claim(key: str, now: int) -> Claimed | Replay:
+        return await store.begin(merchant_id=shop.merchant_id, livemode=False, key=key,
+                                 method="POST", path="/v1/payments", req_hash="h-" + key,
+                                 now=now)
+
+    def caller_for(got: Claimed) -> Caller:
+        async def respond(tx: Any, status: int, body: bytes) -> None:
+            await store.store_in(tx, got, status=status,
+                                 headers={"content-type": JSON_CONTENT_TYPE}, body=body)
+        return Caller(shop.merchant_id, False, idempotency_record_id=got.record_id,
+                      respond=respond)
+
+    now = services.now()
+    # 1. Succeeded: the key is complete as soon as the work commits; nothing else stores it.
+    got = await claim("answer-ok", now)
+    assert isinstance(got, Claimed)
+    view, status = await svc_payments.create_payment(services, caller_for(got),
+                                                     _params("ans-ok"), _card())
+    assert status == 201 and view["status"] == "succeeded"
+    assert got.stored == (201, {"content-type": JSON_CONTENT_TYPE}, orjson.dumps(view))
+    replay = await claim("answer-ok", now)  # the process "died" before answering
+    assert isinstance(replay, Replay)
+    assert (replay.status, replay.body) == (201, orjson.dumps(view))
+    assert replay.headers == {"content-type": JSON_CONTENT_TYPE}
+
+    # 2. The answer's transaction fails: neither the work nor the answer is stored.
+    async def dies(*a: Any, **kw: Any) -> Any:
+        raise _Crash
+
+    got = await claim("answer-crash", now)
+    assert isinstance(got, Claimed)
+    monkeypatch.setattr(svc_payments, "post_journal", dies)
+    with pytest.raises(_Crash):
+        await svc_payments.create_payment(services, caller_for(got), _params("ans-crash"),
+                                          _card())
+    monkeypatch.undo()
+    resumed = await claim("answer-crash", now + 120)  # the lock expired: resume, no replay
+    assert isinstance(resumed, Claimed) and resumed.resource_id is not None
+    async with services.db.read() as conn:
+        row = (await conn.execute(select(payments.c.status).where(
+            payments.c.id == resumed.resource_id))).scalar_one()
+    assert row == "processing"
+
+    # 3. A decline is not stored here: the pipeline stores the 402 it sends.
+    got = await claim("answer-declined", now)
+    assert isinstance(got, Claimed)
+    declined = _params("ans-declined")
+    with pytest.raises(CardDeclined):
+        await svc_payments.create_payment(services, caller_for(got), declined,
+                                          svc_payments.CardInput(DECLINED, 12, 2034, "123"))
+    assert got.stored is None
+    again = await claim("answer-declined", now + 120)
+    assert isinstance(again, Claimed)
+    assert not await ledger_problems(services)

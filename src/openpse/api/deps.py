@@ -40,6 +40,7 @@ async def get_caller(request: Request, _key: str | None = Depends(_access_key)) 
         idempotency_record_id=claim.record_id if claim else None,
         resume_resource_id=claim.resource_id if claim else None,
         base_url=str(request.base_url).rstrip("/"),
+        respond=getattr(request.state, "idempotency_respond", None),
     )
 
 

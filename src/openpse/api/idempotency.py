@@ -2,8 +2,10 @@
 
 The key row is inserted first, in its own transaction; the unique constraint on
 (merchant, mode, key) — not a lookup — decides who runs. The winner runs the request; the
-response is stored when it finishes and replayed byte-for-byte afterwards. A 5xx deletes the
-row so the client can retry. A process that dies mid-request leaves the row locked; after
+response is stored when it finishes and replayed byte-for-byte afterwards; a create+confirm
+stores its answer inside the transaction of its last state change (``store_in``), so the key
+completes with the commit of the work it describes. A 5xx deletes the row so the client can
+retry. A process that dies mid-request leaves the row locked; after
 ``lock_timeout_s`` another attempt takes the lock over with a compare-and-set and resumes from
 the row's recovery point (``resource_id``: what the first attempt had already created).
 """
@@ -22,11 +24,12 @@ from openpse.api.auth import replayed_nonce
 from openpse.api.nonces import PendingNonce
 from openpse.crypto import SecretBox
 from openpse.domain.errors import IdempotencyFailure, InvalidRequest
-from openpse.storage.db import Database
+from openpse.storage.db import Database, Tx
 from openpse.storage.direct import direct
 from openpse.storage.tables import idempotency_keys
 
-__all__ = ["Claimed", "IdempotencyStore", "Replay", "request_hash", "validate_key"]
+__all__ = ["Claimed", "IdempotencyStore", "Replay", "kept_headers", "request_hash",
+           "validate_key"]
 
 RETENTION_S = 24 * 3600 + 3600  # at least 24 h, as the contract promises
 MAX_KEY_LENGTH = 255
@@ -47,6 +50,11 @@ def validate_key(key: str) -> str:
     return key
 
 
+def kept_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The response headers a replay repeats."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() in REPLAYED_HEADER_NAMES}
+
+
 def request_hash(method: str, path: str, query: str, body: bytes) -> str:
     h = hashlib.sha256()
     for part in (method.encode(), path.encode(), query.encode()):
@@ -63,10 +71,13 @@ class Replay:
     body: bytes
 
 
-@dataclass(frozen=True)
+@dataclass
 class Claimed:
     record_id: int
     resource_id: str | None  # set when resuming work a crashed attempt had started
+    # The response already stored with the request's last state change (``store_in``), as
+    # (status, kept headers, body); the pipeline stores what it sends only when it differs.
+    stored: tuple[int, dict[str, str], bytes] | None = None
 
 
 class IdempotencyStore:
@@ -163,13 +174,26 @@ class IdempotencyStore:
     async def complete(
         self, record_id: int, *, status: int, headers: dict[str, str], body: bytes
     ) -> None:
-        kept = {k: v for k, v in headers.items() if k.lower() in REPLAYED_HEADER_NAMES}
         async with self._db.transaction() as tx:
-            await direct(tx).update(idempotency_keys, {
-                "status": "completed", "locked_at": None, "response_status": status,
-                "response_headers": kept,
-                "response_body": self._box.encrypt_bytes(body, context=_context(record_id)),
-            }, {"id": record_id})
+            await self._store(tx, record_id, status, kept_headers(headers), body)
+
+    async def store_in(
+        self, tx: Tx, claim: Claimed, *, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        """Complete the key inside ``tx``, the transaction of the request's last state
+        change: the answer commits with the work it describes. Should the request end up
+        sending something else, the pipeline stores that instead (``complete``)."""
+        kept = kept_headers(headers)
+        await self._store(tx, claim.record_id, status, kept, body)
+        claim.stored = (status, kept, body)
+
+    async def _store(self, tx: Tx, record_id: int, status: int, kept: dict[str, str],
+                     body: bytes) -> None:
+        await direct(tx).update(idempotency_keys, {
+            "status": "completed", "locked_at": None, "response_status": status,
+            "response_headers": kept,
+            "response_body": self._box.encrypt_bytes(body, context=_context(record_id)),
+        }, {"id": record_id})
 
     async def release(self, record_id: int) -> None:
         """A 5xx or a refused request: forget the key so a retry runs the work (once)."""

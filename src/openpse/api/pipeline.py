@@ -22,7 +22,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openpse.api.auth import AuthContext, Authenticator, client_ip
 from openpse.api.errors import JSON_CONTENT_TYPE, error_body, json_bytes
-from openpse.api.idempotency import Claimed, IdempotencyStore, Replay, request_hash, validate_key
+from openpse.api.idempotency import (
+    Claimed,
+    IdempotencyStore,
+    Replay,
+    kept_headers,
+    request_hash,
+    validate_key,
+)
 from openpse.api.metrics import AUTH_FAILURES, REQUEST_LATENCY, RESPONSES
 from openpse.api.ratelimit import RateLimiter
 from openpse.domain import errors as e
@@ -142,6 +149,8 @@ class Pipeline:
                     return
                 claim = outcome
                 state["idempotency"] = claim
+                if claim is not None:
+                    state["idempotency_respond"] = self._respond_hook(claim)
                 cap.hold = claim is not None
             app_body = _app_body(scope, body)
             if app_body is not body:
@@ -254,10 +263,21 @@ class Pipeline:
         )
         if transient:
             await self.cfg.idempotency.release(claim.record_id)
-        else:
+        elif claim.stored != (cap.status, kept_headers(cap.headers), cap.body):
             await self.cfg.idempotency.complete(
                 claim.record_id, status=cap.status, headers=cap.headers, body=cap.body
             )
+
+    def _respond_hook(self, claim: Claimed) -> Any:
+        """What a service calls to store its JSON answer in its last transaction
+        (``Caller.respond``)."""
+        store = self.cfg.idempotency
+
+        async def respond(tx: Any, status: int, body: bytes) -> None:
+            await store.store_in(tx, claim, status=status,
+                                 headers={"content-type": JSON_CONTENT_TYPE}, body=body)
+
+        return respond
 
     async def _send_replay(self, cap: _Capture, replay: Replay) -> None:
         hdrs = [(k.encode(), v.encode()) for k, v in replay.headers.items()]

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from openpse.config import Settings
 from openpse.crypto import Fingerprinter, SecretBox
-from openpse.storage.db import Database
+from openpse.storage.db import Database, Tx
 
-__all__ = ["Caller", "Services"]
+__all__ = ["Caller", "ResponseHook", "Services"]
+
+# Stores a request's final response (status, JSON body) with its idempotency key, inside the
+# transaction of the request's last state change: the key is then completed by the same
+# commit as the work, and no transaction of its own is needed for it afterwards.
+ResponseHook = Callable[[Tx, int, bytes], Awaitable[None]]
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Caller:
     # Where absolute URLs handed out in this request point (OPENPSE_PUBLIC_URL, else the
     # request's own scheme and host).
     base_url: str | None = None
+    respond: ResponseHook | None = field(default=None, compare=False, repr=False)
 
     def request_ref(self) -> dict[str, Any] | None:
         if self.request_id is None:

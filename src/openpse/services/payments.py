@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from sqlalchemy import insert, select
 
 from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
@@ -268,7 +269,8 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
             row, attempt_id = await _begin_confirm(svc, tx, caller, row, None, None, None, now)
     cvc = card.cvc if card and isinstance(card.cvc, str) else None
     if confirm_now:
-        return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=None), 201
+        return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=None,
+                                     respond_status=201), 201
     if p.get("confirm"):  # no method: confirm refuses, naming what is missing
         return await confirm_payment(svc, caller, payment_id, cvc=cvc), 201
     return payment_view(row), 201
@@ -413,12 +415,14 @@ async def _begin_confirm(
 
 
 async def _finish_confirm(svc: Services, caller: Caller, row: dict[str, Any], attempt_id: str,
-                          *, cvc: str | None, three_ds: str | None) -> dict[str, Any]:
+                          *, cvc: str | None, three_ds: str | None,
+                          respond_status: int | None = None) -> dict[str, Any]:
     """Steps 2 and 3: the acquirer call and its answer (nothing to do without an attempt)."""
     if not attempt_id:
         _raise_if_declined(row)
         return payment_view(row)
-    return await _authorize(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds)
+    return await _authorize(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds,
+                            respond_status=respond_status)
 
 
 async def _prepare_confirm(
@@ -505,7 +509,8 @@ async def _risk_card_key(tx: Tx, pm_id: str) -> str:
 
 
 async def _authorize(svc: Services, caller: Caller | None, row: dict[str, Any], attempt_id: str,
-                     *, cvc: str | None, three_ds: str | None) -> dict[str, Any]:
+                     *, cvc: str | None, three_ds: str | None,
+                     respond_status: int | None = None) -> dict[str, Any]:
     connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
     async with svc.db.read() as conn:
         card = await _card_data(svc, conn, row["payment_method_id"], cvc)
@@ -518,7 +523,8 @@ async def _authorize(svc: Services, caller: Caller | None, row: dict[str, Any], 
     except Exception as exc:  # no answer: leave it processing; sync resolves it
         result = ConnectorResult(Outcome.PENDING, message=f"connector error: {type(exc).__name__}")
     final = await apply_result(svc, caller, row["id"], attempt_id, "authorize", result,
-                               merchant_id=row["merchant_id"], livemode=bool(row["livemode"]))
+                               merchant_id=row["merchant_id"], livemode=bool(row["livemode"]),
+                               respond_status=respond_status)
     _raise_if_declined(final)
     return payment_view(final)
 
@@ -528,8 +534,11 @@ async def _authorize(svc: Services, caller: Caller | None, row: dict[str, Any], 
 async def apply_result(
     svc: Services, caller: Caller | None, payment_id: str, attempt_id: str, operation: str,
     result: ConnectorResult, *, merchant_id: str, livemode: bool,
+    respond_status: int | None = None,
 ) -> dict[str, Any]:
-    """Step 3 of every flow: apply one acquirer answer in one transaction."""
+    """Step 3 of every flow: apply one acquirer answer in one transaction. With
+    ``respond_status``, the request's answer (the payment, unless declined) is stored with its
+    idempotency key in the same transaction (``Caller.respond``)."""
     now = svc.now()
     scope = Caller(merchant_id, livemode) if caller is None else caller
     async with svc.db.transaction() as tx:
@@ -546,7 +555,11 @@ async def apply_result(
                 "status_at_arrival": row["status"]}, now)
             return row
         handler = _APPLY[operation]
-        return await handler(svc, tx, caller, row, result, attempt, now)
+        new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now)
+        if (respond_status is not None and caller is not None and caller.respond is not None
+                and new["status"] != Status.FAILED):
+            await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)))
+        return new
 
 
 async def _finish_attempt(tx: Tx, attempt_id: str, result: ConnectorResult, now: int) -> None:
