@@ -17,6 +17,7 @@ import pytest
 from openpse.domain.signing import string_to_sign
 from tests.conftest import MerchantKit, make_server, new_merchant
 from tests.support.api_asserts import assert_error
+from tests.support.ledger import VISA, payment_body
 from tests.support.signer import encode, sign_headers
 
 AUTH = "authentication_error"
@@ -282,6 +283,32 @@ def test_replayed_post_with_idempotency_key_is_refused_not_replayed(merchant):
     assert replayed.status_code == 201 and replayed.headers["idempotent-replayed"] == "true"
     keys = merchant.raw().get("/v1/access_keys").json()["data"]
     assert [k["description"] for k in keys].count("keyed replay") == 1
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["payment", "invalid-body"])
+def test_a_payment_claims_its_key_in_its_own_transaction_and_still_refuses_a_replay(
+        merchant, valid):
+    """POST /v1/payments writes its nonce and its key inside the payment's own first
+    transaction (or, when nothing is written, with its stored answer): the very same signed
+    request sent again is still a replayed nonce; a fresh signature replays the answer."""
+    order = f"deferred-{valid}"
+    body = encode(payment_body(VISA, order=order) if valid
+                  else {"amount": -5, "currency": "USD", "merchant_order_id": order})
+    url = merchant.base_url + "/v1/payments"
+    key = f"deferred-claim-{valid}"
+    headers = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
+    headers |= {"Content-Type": "application/json", "Idempotency-Key": key}
+    first = httpx.post(url, content=body, headers=headers)
+    assert first.status_code == (201 if valid else 400), first.text
+    assert_error(httpx.post(url, content=body, headers=headers), 401, AUTH, "replayed_nonce")
+    again = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
+    again |= {"Content-Type": "application/json", "Idempotency-Key": key}
+    replayed = httpx.post(url, content=body, headers=again)
+    assert replayed.status_code == first.status_code
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.content == first.content
+    listed = merchant.raw().get(f"/v1/payments?merchant_order_id={order}").json()
+    assert len(listed["data"]) == (1 if valid else 0)
 
 
 def test_post_refused_before_its_claim_still_uses_up_its_nonce(merchant):

@@ -37,8 +37,8 @@ async def get_caller(request: Request, _key: str | None = Depends(_access_key)) 
         request_id=request.state.request_id,
         idempotency_key=request.headers.get("idempotency-key"),
         access_key_id=auth.access_key_id,
-        idempotency_record_id=claim.record_id if claim else None,
         resume_resource_id=claim.resource_id if claim else None,
+        idempotency_ref=claim,
         base_url=str(request.base_url).rstrip("/"),
         respond=getattr(request.state, "idempotency_respond", None),
     )

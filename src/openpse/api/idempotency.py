@@ -1,13 +1,15 @@
 """Idempotency keys (CONTRACT §3), after Brandur Leach's design for Stripe-like keys.
 
-The key row is inserted first, in its own transaction; the unique constraint on
-(merchant, mode, key) — not a lookup — decides who runs. The winner runs the request; the
-response is stored when it finishes and replayed byte-for-byte afterwards; a create+confirm
-stores its answer inside the transaction of its last state change (``store_in``), so the key
-completes with the commit of the work it describes. A 5xx deletes the row so the client can
-retry. A process that dies mid-request leaves the row locked; after
-``lock_timeout_s`` another attempt takes the lock over with a compare-and-set and resumes from
-the row's recovery point (``resource_id``: what the first attempt had already created).
+The key row is inserted first, in its own transaction, or — for ``POST /v1/payments`` — as
+the first statement of the request's own first write transaction (``DeferredClaim``); either
+way the unique constraint on (merchant, mode, key) — not a lookup — decides who runs. The
+winner runs the request; the response is stored when it finishes and replayed byte-for-byte
+afterwards; a create+confirm stores its answer inside the transaction of its last state
+change (``store_in``), so the key completes with the commit of the work it describes. A 5xx
+unlocks the row (or, for a deferred claim, leaves none) so the client can retry. A process
+that dies mid-request leaves the row locked; after ``lock_timeout_s`` another attempt takes
+the lock over with a compare-and-set and resumes from the row's recovery point
+(``resource_id``: what the first attempt had already created).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from openpse.storage.db import Database, Tx
 from openpse.storage.direct import direct
 from openpse.storage.tables import idempotency_keys
 
-__all__ = ["Claimed", "IdempotencyStore", "Replay", "kept_headers", "request_hash",
-           "validate_key"]
+__all__ = ["Claimed", "DeferredClaim", "IdempotencyStore", "Replay", "kept_headers",
+           "request_hash", "validate_key"]
 
 RETENTION_S = 24 * 3600 + 3600  # at least 24 h, as the contract promises
 MAX_KEY_LENGTH = 255
@@ -78,6 +80,73 @@ class Claimed:
     # The response already stored with the request's last state change (``store_in``), as
     # (status, kept headers, body); the pipeline stores what it sends only when it differs.
     stored: tuple[int, dict[str, str], bytes] | None = None
+
+
+class _NonceUsed(Exception):
+    pass
+
+
+class DeferredClaim:
+    """A key claimed by the request's first write transaction instead of one of its own.
+
+    The pipeline uses it where a route's first step is a write transaction and nothing leaves
+    the process before it (``POST /v1/payments``). The claim's INSERT (and the deferred nonce)
+    run first in that transaction (``storage.db.first_write``), so a payment's creation and
+    its key commit together: one transaction fewer. When the key turns out to be taken (a
+    retry, or a concurrent request with the same key) that transaction rolls back whole, this
+    claim is ``lost``, and the pipeline answers through the usual claim (a replay, a 409 or
+    resuming a crashed attempt). When the request writes nothing, the pipeline stores the key
+    with its answer in one transaction (``IdempotencyStore.insert_completed``).
+    """
+
+    def __init__(self, *, merchant_id: str, livemode: bool, key: str, method: str, path: str,
+                 req_hash: str, now: int, nonce: PendingNonce | None) -> None:
+        self.merchant_id, self.livemode, self.key = merchant_id, livemode, key
+        self.method, self.path, self.req_hash, self.now = method, path, req_hash, now
+        self.nonce = nonce
+        self.record_id: int | None = None
+        self.resource_id: str | None = None
+        self.stored: tuple[int, dict[str, str], bytes] | None = None
+        # pending -> running -> committed; or lost (key taken) / replayed (nonce used)
+        self.state = "pending"
+        # Only while the route runs: a task it may have started must not claim the key later.
+        self.open = True
+
+    def params(self, **extra: Any) -> dict[str, Any]:
+        return {"merchant_id": self.merchant_id, "livemode": self.livemode, "key": self.key,
+                "request_hash": self.req_hash, "method": self.method, "path": self.path,
+                "locked_at": self.now, "created": self.now,
+                "expires_at": self.now + RETENTION_S, **extra}
+
+    # storage.db.FirstWrite
+    def take(self) -> bool:
+        if self.state != "pending" or not self.open:
+            return False
+        self.state = "running"
+        return True
+
+    async def run(self, tx: Tx) -> None:
+        if self.nonce is not None and not await self.nonce.write(tx):
+            self.state = "replayed"
+            raise replayed_nonce()
+        got = await direct(tx).fetchone(_CLAIM_IF_FREE, self.params())
+        if got is None:
+            self.state = "lost"
+            raise IdempotencyFailure(
+                "a request with this Idempotency-Key is in progress; retry shortly",
+                code="idempotency_request_in_progress")
+        self.record_id = int(got["id"])
+
+    def committed(self) -> None:
+        if self.state == "running":
+            self.state = "committed"
+            self.nonce = None  # written with the claim
+
+    def rolled_back(self) -> None:
+        if self.state == "running":
+            self.state = "pending"
+            self.record_id = None
+            self.stored = None
 
 
 class IdempotencyStore:
@@ -178,14 +247,37 @@ class IdempotencyStore:
             await self._store(tx, record_id, status, kept_headers(headers), body)
 
     async def store_in(
-        self, tx: Tx, claim: Claimed, *, status: int, headers: dict[str, str], body: bytes
+        self, tx: Tx, claim: Claimed | DeferredClaim, *, status: int, headers: dict[str, str],
+        body: bytes,
     ) -> None:
         """Complete the key inside ``tx``, the transaction of the request's last state
         change: the answer commits with the work it describes. Should the request end up
-        sending something else, the pipeline stores that instead (``complete``)."""
+        sending something else, the pipeline stores that instead (``complete``). A deferred
+        claim not yet written (no id) is left to the pipeline."""
+        if claim.record_id is None:
+            return
         kept = kept_headers(headers)
         await self._store(tx, claim.record_id, status, kept, body)
         claim.stored = (status, kept, body)
+
+    async def insert_completed(
+        self, claim: DeferredClaim, *, status: int, headers: dict[str, str], body: bytes
+    ) -> str:
+        """A deferred claim whose request wrote nothing: the key, already completed with its
+        answer, and the request's nonce, in one transaction. Returns "stored", "taken" (the
+        key was claimed meanwhile) or "replayed" (the nonce was used)."""
+        kept = kept_headers(headers)
+        try:
+            async with self._db.transaction() as tx:
+                if claim.nonce is not None and not await claim.nonce.write(tx):
+                    raise _NonceUsed  # roll back (the transaction is unusable on PostgreSQL)
+                got = await direct(tx).fetchone(_CLAIM_IF_FREE, claim.params())
+                if got is not None:
+                    await self._store(tx, int(got["id"]), status, kept, body)
+        except _NonceUsed:
+            return "replayed"
+        claim.nonce = None  # committed either way
+        return "stored" if got is not None else "taken"
 
     async def _store(self, tx: Tx, record_id: int, status: int, kept: dict[str, str],
                      body: bytes) -> None:
@@ -207,4 +299,5 @@ _CLAIM = (
     ":request_hash, :method, :path, 'in_progress', :locked_at, :created, :expires_at) "
     "RETURNING id"
 )
+_CLAIM_IF_FREE = _CLAIM.replace(" RETURNING id", " ON CONFLICT DO NOTHING RETURNING id")
 _FIND = 'SELECT * FROM idempotency_keys WHERE merchant_id = :m AND livemode = :l AND "key" = :k'

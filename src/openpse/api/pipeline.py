@@ -20,10 +20,11 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openpse.api.auth import AuthContext, Authenticator, client_ip
+from openpse.api.auth import AuthContext, Authenticator, client_ip, replayed_nonce
 from openpse.api.errors import JSON_CONTENT_TYPE, error_body, json_bytes
 from openpse.api.idempotency import (
     Claimed,
+    DeferredClaim,
     IdempotencyStore,
     Replay,
     kept_headers,
@@ -36,6 +37,7 @@ from openpse.domain import errors as e
 from openpse.domain.ids import new_id
 from openpse.domain.redaction import redact, redact_text
 from openpse.logs import get_logger
+from openpse.storage.db import first_write
 from openpse.storage.request_log import RequestLogWriter
 
 __all__ = ["Pipeline", "PipelineConfig"]
@@ -44,6 +46,9 @@ LOGGED_BODY_CAP_BYTES = 16 * 1024
 API_PREFIX = "/v1/"
 UNMATCHED_ROUTE = "*"  # metric label of paths no route matched: labels stay a bounded set
 NUL = "\x00"
+# POST routes whose first step is a write transaction, with nothing sent out of the process
+# before it: their idempotency claim is written inside that transaction (DeferredClaim).
+DEFERRED_CLAIM_PATHS = frozenset({"/v1/payments"})
 log = get_logger("openpse.api")
 
 
@@ -76,6 +81,14 @@ class _Capture:
         # so a client can never see an answer that a retry would not replay.
         self.hold = False
         self._held: list[Message] = []
+
+    def reset(self) -> None:
+        """Forget a held response that will not be sent (another one replaces it)."""
+        self.started = False
+        self.status = 0
+        self.headers = {}
+        self.chunks = []
+        self._held = []
 
     async def flush(self) -> None:
         held, self._held = self._held, []
@@ -123,7 +136,7 @@ class Pipeline:
         extra = [(b"x-request-id", request_id.encode())]
         cap = _Capture(send, extra)
         auth: AuthContext | None = None
-        claim: Claimed | None = None
+        claim: Claimed | DeferredClaim | None = None
         body = b""
         error_code: str | None = None
         try:
@@ -143,7 +156,8 @@ class Pipeline:
                         await self.cfg.authenticator.remember(auth.pending_nonce)
                     raise
                 # The claim writes a pending nonce (or refuses it as replayed).
-                outcome = await self._claim(scope, headers, body, auth)
+                outcome = await self._claim(scope, headers, body, auth,
+                                            deferred=scope["path"] in DEFERRED_CLAIM_PATHS)
                 if isinstance(outcome, Replay):
                     await self._send_replay(cap, outcome)
                     return
@@ -157,9 +171,15 @@ class Pipeline:
                 scope = {**scope, "headers": [
                     *(h for h in scope["headers"] if h[0].lower() != b"content-type"),
                     (b"content-type", b"application/json")]}
-            await self.app(scope, _replay_body(app_body, receive), cap)
+            if isinstance(claim, DeferredClaim):
+                if not await self._run_deferred(scope, headers, body, app_body, receive, cap,
+                                                claim, auth):
+                    return  # answered with a replay
+                claim = state["idempotency"]
+            else:
+                await self.app(scope, _replay_body(app_body, receive), cap)
             if claim is not None:
-                await self._settle_claim(claim, cap)
+                await self._settle_claim(claim, cap, request_id)
                 claim = None
         except e.DomainError as err:
             error_code = err.code
@@ -168,7 +188,7 @@ class Pipeline:
                 AUTH_FAILURES.labels(err.code).inc()
             await self._send_error(cap, err, request_id)
             if claim is not None:
-                await self._settle_claim(claim, cap)
+                await self._settle_claim(state.get("idempotency", claim), cap, request_id)
                 claim = None
         except _BodyTooLarge:
             error_code = "body_too_large"
@@ -184,10 +204,7 @@ class Pipeline:
                     "Idempotency-Key", code="internal_error"), request_id)
         finally:
             if claim is not None:
-                try:
-                    await self.cfg.idempotency.release(claim.record_id)
-                except Exception:  # the database is gone: the lock times out instead
-                    log.exception("could not release an idempotency key")
+                await self._abandon_claim(state.get("idempotency", claim))
             await cap.flush()
             self._record(scope, cap, started, request_id, auth, ip, headers, body, error_code)
             structlog.contextvars.unbind_contextvars("request_id")
@@ -243,24 +260,67 @@ class Pipeline:
         return [(k.lower().encode(), v.encode()) for k, v in hdrs.items()]
 
     async def _claim(
-        self, scope: Scope, headers: dict[str, str], body: bytes, auth: AuthContext
-    ) -> Claimed | Replay | None:
+        self, scope: Scope, headers: dict[str, str], body: bytes, auth: AuthContext, *,
+        deferred: bool = False, nonce: Any = ...,
+    ) -> Claimed | DeferredClaim | Replay | None:
         key = headers.get("idempotency-key")
         if scope["method"] != "POST" or key is None:
             return None
         key = validate_key(key)
         query = scope.get("query_string", b"").decode("latin-1")
-        return await self.cfg.idempotency.begin(
-            merchant_id=auth.merchant_id, livemode=auth.livemode, key=key,
-            method=scope["method"], path=scope["path"],
-            req_hash=request_hash(scope["method"], scope["path"], query, body),
-            now=int(time.time()), nonce=auth.pending_nonce,
-        )
+        args: dict[str, Any] = {
+            "merchant_id": auth.merchant_id, "livemode": auth.livemode, "key": key,
+            "method": scope["method"], "path": scope["path"],
+            "req_hash": request_hash(scope["method"], scope["path"], query, body),
+            "now": int(time.time()), "nonce": auth.pending_nonce if nonce is ... else nonce}
+        if deferred:
+            return DeferredClaim(**args)
+        return await self.cfg.idempotency.begin(**args)
 
-    async def _settle_claim(self, claim: Claimed, cap: _Capture) -> None:
+    async def _run_deferred(self, scope: Scope, headers: dict[str, str], body: bytes,
+                            app_body: bytes, receive: Receive, cap: _Capture,
+                            claim: DeferredClaim, auth: AuthContext | None) -> bool:
+        """Run the route with its claim deferred into its first write transaction. When the
+        key turned out to be taken, that transaction rolled back whole: answer through the
+        usual claim instead (a replay, a 409, or resuming a crashed attempt, running the route
+        again). False when a replay was sent; ``scope["state"]["idempotency"]`` holds the
+        claim to settle."""
+        try:
+            with first_write(claim):
+                await self.app(scope, _replay_body(app_body, receive), cap)
+        except e.DomainError:
+            if claim.state not in ("lost", "replayed"):
+                raise
+        finally:
+            claim.open = False
+        if claim.state == "replayed":
+            cap.reset()
+            raise replayed_nonce()
+        if claim.state != "lost":
+            return True
+        cap.reset()
+        assert auth is not None
+        nonce, claim.nonce = claim.nonce, None  # the usual claim writes it
+        outcome = await self._claim(scope, headers, body, auth, nonce=nonce)
+        if isinstance(outcome, Replay):
+            await self._send_replay(cap, outcome)
+            return False
+        assert outcome is not None
+        state = scope["state"]
+        state["idempotency"] = outcome
+        state["idempotency_respond"] = self._respond_hook(outcome)
+        await self.app(scope, _replay_body(app_body, receive), cap)
+        return True
+
+    async def _settle_claim(self, claim: Claimed | DeferredClaim, cap: _Capture,
+                            request_id: str) -> None:
         transient = cap.status >= 500 or cap.status == 429 or cap.status == 0 or (
             cap.status == 409 and b"idempotency_request_in_progress" in cap.body
         )
+        if isinstance(claim, DeferredClaim) and claim.state != "committed":
+            await self._settle_unwritten(claim, cap, request_id, transient)
+            return
+        assert claim.record_id is not None
         if transient:
             await self.cfg.idempotency.release(claim.record_id)
         elif claim.stored != (cap.status, kept_headers(cap.headers), cap.body):
@@ -268,7 +328,62 @@ class Pipeline:
                 claim.record_id, status=cap.status, headers=cap.headers, body=cap.body
             )
 
-    def _respond_hook(self, claim: Claimed) -> Any:
+    async def _settle_unwritten(self, claim: DeferredClaim, cap: _Capture, request_id: str,
+                                transient: bool) -> None:
+        """A deferred claim none of whose transactions committed: the request changed
+        nothing. A final answer is stored with its key (and the nonce) in one transaction; a
+        transient one stores nothing but the nonce, so a retry runs the work."""
+        if claim.state in ("lost", "replayed"):
+            return  # answered through the usual claim, or refused as replayed
+        if transient:
+            await self._write_nonce(claim)
+            return
+        outcome = await self.cfg.idempotency.insert_completed(
+            claim, status=cap.status, headers=cap.headers, body=cap.body)
+        if outcome == "stored":
+            return
+        cap.reset()  # nothing was sent yet: the answer becomes the refusal or the replay
+        if outcome == "replayed":
+            AUTH_FAILURES.labels("replayed_nonce").inc()
+            await self._send_error(cap, replayed_nonce(), request_id)
+            return
+        try:  # the key exists: answer as its holder says (a replay, a 409 or a 422)
+            found = await self.cfg.idempotency.begin(
+                merchant_id=claim.merchant_id, livemode=claim.livemode, key=claim.key,
+                method=claim.method, path=claim.path, req_hash=claim.req_hash,
+                now=int(time.time()))
+        except e.DomainError as err:
+            await self._send_error(cap, err, request_id)
+            return
+        if isinstance(found, Replay):
+            await self._send_replay(cap, found)
+            return
+        # a crashed holder's stale lock, just taken over: hand it back for a retry to resume
+        await self.cfg.idempotency.release(found.record_id)
+        await self._send_error(cap, e.IdempotencyFailure(
+            "a request with this Idempotency-Key is in progress; retry shortly",
+            code="idempotency_request_in_progress"), request_id)
+
+    async def _write_nonce(self, claim: DeferredClaim) -> None:
+        nonce, claim.nonce = claim.nonce, None
+        if nonce is not None:
+            try:
+                await self.cfg.authenticator.remember(nonce)
+            except e.DomainError:
+                pass  # already used: this request is over either way
+
+    async def _abandon_claim(self, claim: Claimed | DeferredClaim) -> None:
+        """The request failed without settling its claim: free the key for a retry."""
+        try:
+            if isinstance(claim, DeferredClaim) and claim.state != "committed":
+                if claim.state not in ("lost", "replayed"):
+                    await self._write_nonce(claim)
+            elif claim.record_id is not None:
+                await self.cfg.idempotency.release(claim.record_id)
+        except Exception:  # the database is gone: the lock times out instead
+            log.exception("could not release an idempotency key")
+
+    def _respond_hook(self, claim: Claimed | DeferredClaim) -> Any:
         """What a service calls to store its JSON answer in its last transaction
         (``Caller.respond``)."""
         store = self.cfg.idempotency

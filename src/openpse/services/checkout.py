@@ -215,9 +215,10 @@ async def create_session(svc: Services, caller: Caller, p: dict[str, Any]) -> di
         row.update(page_token=svc.page_token(session_id), expires_at=clock + expires_in_s,
                    created=now, updated=now)
         await tx.execute(insert(checkout_sessions).values(**row))
-        if caller.idempotency_record_id is not None:  # recovery point for a crashed retry
+        record_id = caller.key_record_id()
+        if record_id is not None:  # recovery point for a crashed retry
             await tx.execute(update(idempotency_keys)
-                             .where(idempotency_keys.c.id == caller.idempotency_record_id)
+                             .where(idempotency_keys.c.id == record_id)
                              .values(resource_id=row["id"]))
     return _view(svc, caller, row)
 

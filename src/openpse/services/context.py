@@ -57,6 +57,16 @@ class Caller:
     # request's own scheme and host).
     base_url: str | None = None
     respond: ResponseHook | None = field(default=None, compare=False, repr=False)
+    # The request's idempotency claim (anything with ``record_id``), read when needed: a claim
+    # written inside the request's own first transaction has an id only from then on.
+    idempotency_ref: Any = field(default=None, compare=False, repr=False)
+
+    def key_record_id(self) -> int | None:
+        """The id of this request's idempotency key row, once it exists."""
+        if self.idempotency_ref is not None:
+            found: int | None = self.idempotency_ref.record_id
+            return found
+        return self.idempotency_record_id
 
     def request_ref(self) -> dict[str, Any] | None:
         if self.request_id is None:

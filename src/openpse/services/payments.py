@@ -277,9 +277,10 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
 
 
 async def _recovery_point(tx: Tx, caller: Caller, resource_id: str) -> None:
-    if caller.idempotency_record_id is not None:
+    record_id = caller.key_record_id()
+    if record_id is not None:
         await direct(tx).update(idempotency_keys, {"resource_id": resource_id},
-                                {"id": caller.idempotency_record_id})
+                                {"id": record_id})
 
 
 async def _resume_create(svc: Services, caller: Caller, payment_id: str, p: dict[str, Any],

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from openpse.storage.direct import direct
 from openpse.storage.inline_sqlite import inline_creator
 
-__all__ = ["Database", "Tx", "before_commit"]
+__all__ = ["Database", "FirstWrite", "Tx", "before_commit", "first_write"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_READERS = 4
@@ -43,6 +44,35 @@ TX_SCOPED_INFO = "openpse_tx"
 # In TX_SCOPED_INFO: coroutines ``hook(conn)`` run last, just before the commit (the ledger
 # applies balance changes there, so hot account rows stay locked only for the commit).
 BEFORE_COMMIT = "before_commit"
+
+
+class FirstWrite(Protocol):
+    """Statements to run first in the next write transaction of this context (a request's
+    deferred idempotency claim, see api/idempotency.py): ``take`` says whether they are still
+    to run (and reserves them), then ``run`` executes them in that transaction, and
+    ``committed`` or ``rolled_back`` reports how the transaction ended."""
+
+    def take(self) -> bool: ...
+
+    async def run(self, tx: AsyncConnection) -> None: ...
+
+    def committed(self) -> None: ...
+
+    def rolled_back(self) -> None: ...
+
+
+_FIRST_WRITE: ContextVar[FirstWrite | None] = ContextVar("openpse_first_write", default=None)
+
+
+@contextmanager
+def first_write(hook: FirstWrite) -> Iterator[None]:
+    """Within this block (this task and what it awaits), ``hook`` runs at the start of the
+    first write transaction; if that one rolls back, at the start of the next."""
+    token = _FIRST_WRITE.set(hook)
+    try:
+        yield
+    finally:
+        _FIRST_WRITE.reset(token)
 
 
 def before_commit(conn: AsyncConnection, hook: Callable[[AsyncConnection], Awaitable[None]]
@@ -115,16 +145,26 @@ class Database:
         # the engine's pool and resetting it on return cost more than many statements).
         async with self._writer_slots:
             conn = await self._checkout()
+            first = _FIRST_WRITE.get()
+            if first is not None and not first.take():
+                first = None
             try:
                 async with conn.begin():
                     conn.info.pop(TX_SCOPED_INFO, None)
                     # Open it now: statements run directly on the driver (storage/direct.py)
                     # are then inside it whatever runs first.
                     await direct(conn).begin()
+                    if first is not None:
+                        await first.run(conn)
                     yield conn
                     for hook in conn.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT, ()):
                         await hook(conn)
+                if first is not None:
+                    first.committed()
+                    first = None
             finally:
+                if first is not None:
+                    first.rolled_back()
                 if conn.closed or conn.invalidated or conn.in_transaction():
                     self._writers_open -= 1  # broken, or interrupted mid-rollback: replace it
                     with contextlib.suppress(Exception):
