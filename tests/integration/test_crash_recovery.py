@@ -337,8 +337,7 @@ async def test_the_answer_commits_with_the_work_it_describes(services, shop, mon
         async def respond(tx: Any, status: int, body: bytes) -> None:
             await store.store_in(tx, got, status=status,
                                  headers={"content-type": JSON_CONTENT_TYPE}, body=body)
-        return Caller(shop.merchant_id, False, idempotency_record_id=got.record_id,
-                      respond=respond)
+        return Caller(shop.merchant_id, False, idempotency_ref=got, respond=respond)
 
     now = services.now()
     # 1. Succeeded: the key is complete as soon as the work commits; nothing else stores it.

@@ -15,6 +15,7 @@ the lock over with a compare-and-set and resumes from the row's recovery point
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -112,11 +113,11 @@ class DeferredClaim:
         # Only while the route runs: a task it may have started must not claim the key later.
         self.open = True
 
-    def params(self, **extra: Any) -> dict[str, Any]:
+    def params(self) -> dict[str, Any]:
         return {"merchant_id": self.merchant_id, "livemode": self.livemode, "key": self.key,
                 "request_hash": self.req_hash, "method": self.method, "path": self.path,
                 "locked_at": self.now, "created": self.now,
-                "expires_at": self.now + RETENTION_S, **extra}
+                "expires_at": self.now + RETENTION_S}
 
     # storage.db.FirstWrite
     def take(self) -> bool:
@@ -206,6 +207,15 @@ class IdempotencyStore:
             "the request with this Idempotency-Key is still being processed; retry shortly",
             code="idempotency_request_in_progress",
         )
+
+    async def begin_instead(self, claim: DeferredClaim, *, nonce: PendingNonce | None
+                            ) -> Claimed | Replay:
+        """The usual claim, for a deferred one that found its key taken: the holder's answer
+        (a replay, or a 409 / 422 raised), or the key taken over from a crashed holder."""
+        return await self.begin(
+            merchant_id=claim.merchant_id, livemode=claim.livemode, key=claim.key,
+            method=claim.method, path=claim.path, req_hash=claim.req_hash,
+            now=int(time.time()), nonce=nonce)
 
     async def _existing(self, row: Any, req_hash: str, now: int) -> Claimed | Replay:
         if row.request_hash != req_hash:

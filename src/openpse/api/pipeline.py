@@ -37,7 +37,7 @@ from openpse.domain import errors as e
 from openpse.domain.ids import new_id
 from openpse.domain.redaction import redact, redact_text
 from openpse.logs import get_logger
-from openpse.storage.db import first_write
+from openpse.storage.db import Tx, first_write
 from openpse.storage.request_log import RequestLogWriter
 
 __all__ = ["Pipeline", "PipelineConfig"]
@@ -162,9 +162,8 @@ class Pipeline:
                     await self._send_replay(cap, outcome)
                     return
                 claim = outcome
-                state["idempotency"] = claim
                 if claim is not None:
-                    state["idempotency_respond"] = self._respond_hook(claim)
+                    self._hold_claim(state, claim)
                 cap.hold = claim is not None
             app_body = _app_body(scope, body)
             if app_body is not body:
@@ -172,8 +171,7 @@ class Pipeline:
                     *(h for h in scope["headers"] if h[0].lower() != b"content-type"),
                     (b"content-type", b"application/json")]}
             if isinstance(claim, DeferredClaim):
-                if not await self._run_deferred(scope, headers, body, app_body, receive, cap,
-                                                claim, auth):
+                if not await self._run_deferred(scope, app_body, receive, cap, claim):
                     return  # answered with a replay
                 claim = state["idempotency"]
             else:
@@ -261,7 +259,7 @@ class Pipeline:
 
     async def _claim(
         self, scope: Scope, headers: dict[str, str], body: bytes, auth: AuthContext, *,
-        deferred: bool = False, nonce: Any = ...,
+        deferred: bool = False,
     ) -> Claimed | DeferredClaim | Replay | None:
         key = headers.get("idempotency-key")
         if scope["method"] != "POST" or key is None:
@@ -272,14 +270,13 @@ class Pipeline:
             "merchant_id": auth.merchant_id, "livemode": auth.livemode, "key": key,
             "method": scope["method"], "path": scope["path"],
             "req_hash": request_hash(scope["method"], scope["path"], query, body),
-            "now": int(time.time()), "nonce": auth.pending_nonce if nonce is ... else nonce}
+            "now": int(time.time()), "nonce": auth.pending_nonce}
         if deferred:
             return DeferredClaim(**args)
         return await self.cfg.idempotency.begin(**args)
 
-    async def _run_deferred(self, scope: Scope, headers: dict[str, str], body: bytes,
-                            app_body: bytes, receive: Receive, cap: _Capture,
-                            claim: DeferredClaim, auth: AuthContext | None) -> bool:
+    async def _run_deferred(self, scope: Scope, app_body: bytes, receive: Receive,
+                            cap: _Capture, claim: DeferredClaim) -> bool:
         """Run the route with its claim deferred into its first write transaction. When the
         key turned out to be taken, that transaction rolled back whole: answer through the
         usual claim instead (a replay, a 409, or resuming a crashed attempt, running the route
@@ -299,16 +296,12 @@ class Pipeline:
         if claim.state != "lost":
             return True
         cap.reset()
-        assert auth is not None
         nonce, claim.nonce = claim.nonce, None  # the usual claim writes it
-        outcome = await self._claim(scope, headers, body, auth, nonce=nonce)
+        outcome = await self.cfg.idempotency.begin_instead(claim, nonce=nonce)
         if isinstance(outcome, Replay):
             await self._send_replay(cap, outcome)
             return False
-        assert outcome is not None
-        state = scope["state"]
-        state["idempotency"] = outcome
-        state["idempotency_respond"] = self._respond_hook(outcome)
+        self._hold_claim(scope["state"], outcome)
         await self.app(scope, _replay_body(app_body, receive), cap)
         return True
 
@@ -348,10 +341,7 @@ class Pipeline:
             await self._send_error(cap, replayed_nonce(), request_id)
             return
         try:  # the key exists: answer as its holder says (a replay, a 409 or a 422)
-            found = await self.cfg.idempotency.begin(
-                merchant_id=claim.merchant_id, livemode=claim.livemode, key=claim.key,
-                method=claim.method, path=claim.path, req_hash=claim.req_hash,
-                now=int(time.time()))
+            found = await self.cfg.idempotency.begin_instead(claim, nonce=None)
         except e.DomainError as err:
             await self._send_error(cap, err, request_id)
             return
@@ -383,16 +373,17 @@ class Pipeline:
         except Exception:  # the database is gone: the lock times out instead
             log.exception("could not release an idempotency key")
 
-    def _respond_hook(self, claim: Claimed | DeferredClaim) -> Any:
-        """What a service calls to store its JSON answer in its last transaction
-        (``Caller.respond``)."""
+    def _hold_claim(self, state: dict[str, Any], claim: Claimed | DeferredClaim) -> None:
+        """Hand the request's claim to the route (``deps.get_caller``), with what a service
+        calls to store its JSON answer in its last transaction (``Caller.respond``)."""
         store = self.cfg.idempotency
 
-        async def respond(tx: Any, status: int, body: bytes) -> None:
+        async def respond(tx: Tx, status: int, body: bytes) -> None:
             await store.store_in(tx, claim, status=status,
                                  headers={"content-type": JSON_CONTENT_TYPE}, body=body)
 
-        return respond
+        state["idempotency"] = claim
+        state["idempotency_respond"] = respond
 
     async def _send_replay(self, cap: _Capture, replay: Replay) -> None:
         hdrs = [(k.encode(), v.encode()) for k, v in replay.headers.items()]

@@ -50,8 +50,7 @@ class Caller:
     request_id: str | None = None
     idempotency_key: str | None = None
     access_key_id: str | None = None
-    # The idempotency row of this request, and what an earlier, crashed attempt created.
-    idempotency_record_id: int | None = None
+    # What an earlier, crashed attempt of this request created.
     resume_resource_id: str | None = None
     # Where absolute URLs handed out in this request point (OPENPSE_PUBLIC_URL, else the
     # request's own scheme and host).
@@ -63,10 +62,10 @@ class Caller:
 
     def key_record_id(self) -> int | None:
         """The id of this request's idempotency key row, once it exists."""
-        if self.idempotency_ref is not None:
-            found: int | None = self.idempotency_ref.record_id
-            return found
-        return self.idempotency_record_id
+        if self.idempotency_ref is None:
+            return None
+        found: int | None = self.idempotency_ref.record_id
+        return found
 
     def request_ref(self) -> dict[str, Any] | None:
         if self.request_id is None:
