@@ -81,6 +81,21 @@ async def test_same_key_different_request(merchant, services):
     assert raw.get("/v1/refunds").json()["data"] == []
 
 
+async def test_a_request_that_writes_nothing_still_meets_the_key_holder(merchant, services):
+    """A payment request refused before it writes (400) stores its key with its answer in one
+    transaction; when the key is already held, it gets the holder's verdict instead."""
+    raw = merchant.raw()
+    key = _key()
+    body = payment_body(VISA, order="idem-nowrite", amount=1000)
+    first = raw.post("/v1/payments", body, headers=key)
+    assert first.status_code == 201
+    invalid = raw.post("/v1/payments", {**body, "amount": -1}, headers=key)
+    assert_error(invalid, 422, "idempotency_error", "idempotency_key_reused")
+    again = raw.post("/v1/payments", body, headers=key)
+    assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
+    assert await count_payments(services, merchant.merchant_id, "idem-nowrite") == 1
+
+
 async def test_keys_are_scoped_to_the_merchant(merchant, services, server):
     from tests.conftest import new_merchant
 
