@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 
-__all__ = ["PREFIXES", "new_id", "prefix_of"]
+__all__ = ["PREFIXES", "first_id_at", "new_id", "prefix_of"]
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -69,6 +69,12 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
             value = _last_value + 1 + secrets.randbelow(MAX_STEP)
         _last_value = value
     return prefix + _encode(value, 26)
+
+
+def first_id_at(prefix: str, ms: int) -> str:
+    """The smallest id with ``prefix`` that :func:`new_id` can make at millisecond ``ms`` (every
+    id made at ``ms`` or later sorts at or after it)."""
+    return prefix + _encode(max(0, ms) << 80, 26)
 
 
 def prefix_of(object_id: str) -> str:

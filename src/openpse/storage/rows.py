@@ -7,10 +7,22 @@ from typing import Any
 
 from sqlalchemy import Select, Table
 
+from openpse.domain.ids import first_id_at
+
 __all__ = ["apply_page", "page_result", "rfc3339", "row_dict"]
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+
+# A row's id is made from the wall clock of the process that wrote it, within the same moment as
+# its ``created`` (ids.py). A ``created`` range therefore also bounds the ids, which lets the
+# list read the (merchant, mode, id) index from the range's end instead of walking the whole
+# history down to it. The bound is widened by a day on each side so that a transaction waiting
+# on a lock, skew between hosts or a clock stepped back (a process keeps its ids increasing, so
+# they run ahead of ``created`` until the clock catches up) cannot move a row out of it.
+ID_BOUND_SLACK_S = 86400
+_ID_PREFIX = {"payments": "pay_", "events": "evt_", "refunds": "re_", "checkout_sessions": "cs_",
+              "webhook_endpoints": "we_", "webhook_deliveries": "whd_", "request_logs": "req_"}
 
 
 def rfc3339(ts: int | None) -> str | None:
@@ -35,10 +47,17 @@ def apply_page(
     """Newest first by id (ids are time-ordered); ``cursor`` is the last id of the prior page."""
     if cursor is not None:
         stmt = stmt.where(table.c.id < cursor)
+    prefix = _ID_PREFIX.get(table.name)
     if created_gte is not None:
         stmt = stmt.where(table.c.created >= created_gte)
+        if prefix is not None:
+            stmt = stmt.where(
+                table.c.id >= first_id_at(prefix, (created_gte - ID_BOUND_SLACK_S) * 1000))
     if created_lt is not None:
         stmt = stmt.where(table.c.created < created_lt)
+        if prefix is not None:
+            stmt = stmt.where(
+                table.c.id < first_id_at(prefix, (created_lt + ID_BOUND_SLACK_S) * 1000))
     return stmt.order_by(table.c.id.desc()).limit(limit + 1)
 
 
