@@ -22,6 +22,7 @@ from tests.support.api_asserts import assert_error
 VISA = "4242424242424242"
 THREE_DS = "4000000000003220"
 DECLINED = "4000000000000002"
+RISK_BLOCKED = "4100000000000019"
 CVC = "987"
 CONCURRENT_SUBMITS = 10
 _SENSITIVE_INPUT = re.compile(r'<input[^>]*name="(?:number|cvc)"[^>]*>')
@@ -343,6 +344,50 @@ async def test_decline_then_good_card(services, merchant) -> None:
     assert rows[0]["failure_code"] == "card_declined"
     done = _get(merchant, cs["id"])
     assert done["status"] == "complete" and done["payment"] == rows[1]["id"]
+
+
+async def test_a_run_of_declines_stops_cards_on_that_page(services, merchant) -> None:
+    """Card testing through one payment link: after MAX_CARD_DECLINES failed card payments
+    (declines and risk blocks alike) the page takes no more cards, says why, and raises one
+    review item; its other methods stay, and nothing else about the session changes."""
+    from openpse.services.checkout import MAX_CARD_DECLINES
+    from openpse.storage.tables import review_items
+
+    cs = _create(merchant, locale="en")
+    other = _create(merchant, locale="en", merchant_order_id="ord-cs-2")
+    cards = [DECLINED] * (MAX_CARD_DECLINES - 1) + [RISK_BLOCKED]
+    for i, number in enumerate(cards):
+        res = _submit(cs["url"], number)
+        assert res.status_code == 402, (i, res.text)
+        _assert_no_card(res, number)
+        assert ('name="number"' in res.text) == (i < MAX_CARD_DECLINES - 1), i
+    assert [p["status"] for p in await _session_payments(services, cs["id"])] == \
+        ["failed"] * MAX_CARD_DECLINES
+    assert await _acquirer_authorizations(services, cs["id"]) == MAX_CARD_DECLINES - 1
+
+    refused = _submit(cs["url"], VISA)  # a good card now: refused before any payment
+    assert refused.status_code == 429, refused.text
+    assert "takes no more cards" in refused.text and 'name="number"' not in refused.text
+    _assert_no_card(refused, VISA)
+    assert len(await _session_payments(services, cs["id"])) == MAX_CARD_DECLINES
+    shown = httpx.get(cs["url"])
+    assert shown.status_code == 200 and "takes no more cards" in shown.text
+    assert 'name="number"' not in shown.text and 'id="konbini-phone"' in shown.text
+    assert _get(merchant, cs["id"])["status"] == "open"
+
+    async with services.db.read() as conn:
+        reviews = (await conn.execute(select(review_items).where(
+            review_items.c.object_id == cs["id"]))).all()
+    assert [r.kind for r in reviews] == ["checkout_card_declines_exhausted"]
+    assert reviews[0].details["card_declines"] == MAX_CARD_DECLINES
+
+    voucher = httpx.post(cs["url"].split("?")[0], data={
+        **_form(cs["url"])[1], "method": "konbini", "name": "Hanako Yamada",
+        "email": "hanako@example.jp", "phone": "090-1234-5678"})
+    assert voucher.status_code == 303, voucher.text
+    assert (await _session_payments(services, cs["id"]))[-1]["payment_method_type"] == "konbini"
+
+    assert _submit(other["url"], VISA).status_code == 303  # another session is not affected
 
 
 async def test_three_d_secure_through_challenge_page(services, merchant) -> None:

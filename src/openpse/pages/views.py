@@ -72,6 +72,9 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
         "not_found_body": "This payment link is not valid. Check the link you were given.",
         "form_expired": "This form is out of date. Please enter your card details again.",
         "no_card": "Card payments are not available for this checkout.",
+        "card_attempts_exhausted": "This checkout takes no more cards after several declined "
+                                   "attempts. Use another payment method, or ask the shop for a "
+                                   "new payment link.",
         "last_failed": "Your previous attempt did not go through: {message}",
         "declined_generic": "The card was declined. Please try another card.",
         "invalid_generic": "Please check the card details and try again.",
@@ -220,6 +223,10 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
         "not_found_body": "このお支払いリンクは無効です。受け取ったリンクをご確認ください。",
         "form_expired": "フォームの有効期限が切れました。カード情報をもう一度入力してください。",
         "no_card": "このお支払いではカードをご利用いただけません。",
+        "card_attempts_exhausted": "カードのお支払いが複数回承認されなかったため、"
+                                   "このお支払いではカードをご利用いただけなくなりました。"
+                                   "別のお支払い方法をご利用いただくか、"
+                                   "ショップに新しいお支払いリンクをお問い合わせください。",
         "last_failed": "前回のお支払いは完了しませんでした: {message}",
         "declined_generic": "カードが承認されませんでした。別のカードをお試しください。",
         "invalid_generic": "カード情報をご確認のうえ、もう一度お試しください。",
@@ -344,6 +351,9 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
         "not_found_body": "Este link de pagamento não é válido. Confira o link recebido.",
         "form_expired": "Este formulário está desatualizado. Preencha os dados novamente.",
         "no_card": "Pagamentos com cartão não estão disponíveis neste checkout.",
+        "card_attempts_exhausted": "Este checkout não aceita mais cartões após várias "
+                                   "tentativas recusadas. Use outra forma de pagamento ou peça "
+                                   "à loja um novo link de pagamento.",
         "last_failed": "Sua tentativa anterior não foi concluída: {message}",
         "declined_generic": "O cartão foi recusado. Tente outro cartão.",
         "invalid_generic": "Confira os dados do cartão e tente novamente.",
@@ -511,7 +521,10 @@ def _form(request: Request, svc: Any, page: svc_checkout.PageSession, t: Texts, 
           selected: str | None = None, values: dict[str, str] | None = None) -> HTMLResponse:
     s = page.session
     p = page.payment
-    if error is None and p is not None and p["failure_code"]:
+    if error is None and "card" in s["payment_method_types"] and \
+            svc_checkout.card_attempts_exhausted(s):
+        error = t("card_attempts_exhausted")  # says more than the last decline would
+    elif error is None and p is not None and p["failure_code"]:
         error = t("last_failed", message=_decline_text(t, p["failure_code"],
                                                        p["failure_message"]))
     elif error is None and p is not None and p["cancellation_reason"] == "expired":
@@ -604,6 +617,8 @@ async def pay_submit(session_id: str, request: Request, svc: ServicesDep) -> Res
     if result.outcome in ("declined", "invalid"):
         if result.outcome == "declined":
             error, status = _decline_text(t, result.code, result.message), 402
+        elif result.code == "card_attempts_exhausted":
+            error, status = t("card_attempts_exhausted"), 429
         elif result.code == "payment_method_unavailable":
             error, status = t("no_card"), 400
         else:

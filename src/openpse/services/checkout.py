@@ -60,6 +60,7 @@ __all__ = [
     "Challenge",
     "PageSession",
     "PayResult",
+    "card_attempts_exhausted",
     "check_form_nonce",
     "complete_challenge",
     "create_session",
@@ -95,6 +96,10 @@ FORM_NONCE_SKEW_S = 60
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELED})
 PAID = frozenset({Status.SUCCEEDED, Status.REQUIRES_CAPTURE})
 CHALLENGE_OUTCOMES = ("succeed", "fail")
+# Card testing through one payment link: after this many failed card payments (declined, or
+# blocked by risk) the session's page stops taking cards (its local methods stay) and the
+# operator gets a review item. A shopper with a genuinely declined card needs far fewer.
+MAX_CARD_DECLINES = 5
 
 log = get_logger("openpse.checkout")
 
@@ -141,9 +146,15 @@ def success_redirect_url(row: dict[str, Any]) -> str:
 
 
 def offered_methods(session: dict[str, Any]) -> list[str]:
-    """The session's methods that can take its currency and amount, in the merchant's order."""
+    """The session's methods that can take its currency and amount, in the merchant's order
+    (cards no more once the session has had ``MAX_CARD_DECLINES`` failed card payments)."""
     return [k for k in session["payment_method_types"]
-            if k == "card" or local_rules.accepts(k, session["amount"], session["currency"])]
+            if (k == "card" and not card_attempts_exhausted(session))
+            or (k != "card" and local_rules.accepts(k, session["amount"], session["currency"]))]
+
+
+def card_attempts_exhausted(session: dict[str, Any]) -> bool:
+    return int(session.get("card_declines") or 0) >= MAX_CARD_DECLINES
 
 
 def _payment_method_types(value: Any) -> list[str]:
@@ -308,6 +319,10 @@ async def complete_on_payment(tx: Tx, caller: Caller | None, payment: dict[str, 
     if session_id and payment["status"] in (Status.REQUIRES_ACTION, Status.PROCESSING):
         await _hold_open_for(tx, payment, now)
         return
+    if session_id and payment["status"] == Status.FAILED and \
+            payment["payment_method_type"] == "card":
+        await _count_card_decline(tx, payment, now)
+        return
     if not session_id or payment["status"] not in PAID:
         return
     row = await load_scoped(tx, checkout_sessions, session_id, merchant_id=payment["merchant_id"],
@@ -330,6 +345,27 @@ async def complete_on_payment(tx: Tx, caller: Caller | None, payment: dict[str, 
     new = await update_versioned(tx, checkout_sessions, row, {
         "status": "complete", "payment_id": payment["id"], "completed_at": now}, now=now)
     await _session_event(tx, caller, row, new, "checkout.session.completed", now)
+
+
+async def _count_card_decline(tx: Tx, payment: dict[str, Any], now: int) -> None:
+    """One more failed card payment for the payment's session (a counter, not a change the
+    merchant sees: no version, no event); at the limit, a review item for card testing."""
+    t = checkout_sessions
+    count = (await tx.execute(update(t).where(t.c.id == payment["checkout_session_id"]).values(
+        card_declines=t.c.card_declines + 1).returning(t.c.card_declines))).scalar()
+    if count != MAX_CARD_DECLINES:
+        return
+    await tx.execute(insert(review_items).values(
+        id=new_id("rev_"), merchant_id=payment["merchant_id"], livemode=payment["livemode"],
+        object_id=payment["checkout_session_id"], kind="checkout_card_declines_exhausted",
+        details={"checkout_session": payment["checkout_session_id"],
+                 "card_declines": count, "last_payment": payment["id"],
+                 "last_failure_code": payment["failure_code"],
+                 "note": "the hosted page takes no more cards for this session: a run of "
+                         "declines on one payment link is how card testing looks"},
+        status="open", created=now))
+    log.warning("checkout session stops taking cards after repeated declines",
+                checkout_session=payment["checkout_session_id"], card_declines=count)
 
 
 async def _hold_open_for(tx: Tx, payment: dict[str, Any], now: int) -> None:
@@ -496,6 +532,10 @@ async def pay_session(svc: Services, session_id: str, token: str | None,
         return early
     s = page.session
     method = local.method if local is not None else "card"
+    if method == "card" and "card" in s["payment_method_types"] and card_attempts_exhausted(s):
+        return PayResult("invalid", page, code="card_attempts_exhausted",
+                         message=f"this checkout has had {MAX_CARD_DECLINES} declined card "
+                                 "payments and takes no more cards")
     if method not in offered_methods(s):
         return PayResult("invalid", page, code="payment_method_unavailable",
                          message=f"{method} payments are not accepted for this checkout")

@@ -427,6 +427,7 @@ async def _begin_confirm(
     row and the attempt id ("" when no acquirer call follows)."""
     row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url, now)
     if row["status"] == Status.FAILED:  # blocked by risk: no acquirer call
+        await _after_payment_change(tx, caller, row, now)
         return row, ""
     if row["payment_method_type"] in local_rules.LOCAL_METHODS:
         return await _issue_local(svc, tx, caller, row, now), ""

@@ -271,6 +271,8 @@ checkout_sessions = Table(
     Column("payment_id", String(ID)),
     Column("completed_at", BigInteger),
     Column("page_token", String(64), nullable=False),  # unguessable part of the hosted URL
+    # failed card payments made through the hosted page (0005): cards stop at a limit
+    Column("card_declines", Integer, nullable=False, server_default="0"),
     *_stamps(),
     Index("ix_checkout_scope_id", "merchant_id", "livemode", "id"),
     Index("ix_checkout_status_expires", "status", "expires_at"),
