@@ -107,6 +107,10 @@ class DeferredClaim:
         self.nonce = nonce
         self.record_id: int | None = None
         self.resource_id: str | None = None
+        # The id the route will create, told before its first write: the claim's INSERT then
+        # records it (what a retry after a crash resumes from) instead of an UPDATE after it.
+        self.planned_resource: str | None = None
+        self.recorded_resource: str | None = None
         self.stored: tuple[int, dict[str, str], bytes] | None = None
         # pending -> running -> committed; or lost (key taken) / replayed (nonce used)
         self.state = "pending"
@@ -130,13 +134,15 @@ class DeferredClaim:
         if self.nonce is not None and not await self.nonce.write(tx):
             self.state = "replayed"
             raise replayed_nonce()
-        got = await direct(tx).fetchone(_CLAIM_IF_FREE, self.params())
+        got = await direct(tx).fetchone(_CLAIM_WITH_RESOURCE_IF_FREE, {
+            **self.params(), "resource_id": self.planned_resource})
         if got is None:
             self.state = "lost"
             raise IdempotencyFailure(
                 "a request with this Idempotency-Key is in progress; retry shortly",
                 code="idempotency_request_in_progress")
         self.record_id = int(got["id"])
+        self.recorded_resource = self.planned_resource
 
     def committed(self) -> None:
         if self.state == "running":
@@ -148,6 +154,12 @@ class DeferredClaim:
             self.state = "pending"
             self.record_id = None
             self.stored = None
+            self.planned_resource = self.recorded_resource = None
+
+    # services.context.Caller
+    def plan_resource(self, resource_id: str) -> None:
+        if self.state == "pending" and self.open:
+            self.planned_resource = resource_id
 
 
 class IdempotencyStore:
@@ -310,4 +322,10 @@ _CLAIM = (
     "RETURNING id"
 )
 _CLAIM_IF_FREE = _CLAIM.replace(" RETURNING id", " ON CONFLICT DO NOTHING RETURNING id")
+_CLAIM_WITH_RESOURCE_IF_FREE = (
+    'INSERT INTO idempotency_keys (merchant_id, livemode, "key", request_hash, method, path, '
+    "status, locked_at, created, expires_at, resource_id) VALUES (:merchant_id, :livemode, "
+    ":key, :request_hash, :method, :path, 'in_progress', :locked_at, :created, :expires_at, "
+    ":resource_id) ON CONFLICT DO NOTHING RETURNING id"
+)
 _FIND = 'SELECT * FROM idempotency_keys WHERE merchant_id = :m AND livemode = :l AND "key" = :k'

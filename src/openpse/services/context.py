@@ -60,6 +60,18 @@ class Caller:
     # written inside the request's own first transaction has an id only from then on.
     idempotency_ref: Any = field(default=None, compare=False, repr=False)
 
+    def plan_resource(self, resource_id: str) -> None:
+        """Tell the request's idempotency claim, before the first write, what it will create:
+        a claim written inside that write records it at once (see ``resource_recorded``)."""
+        plan = getattr(self.idempotency_ref, "plan_resource", None)
+        if plan is not None:
+            plan(resource_id)
+
+    def resource_recorded(self, resource_id: str) -> bool:
+        """Whether the claim already records ``resource_id`` (written in this transaction)."""
+        found = getattr(self.idempotency_ref, "recorded_resource", None)
+        return found is not None and found == resource_id
+
     def key_record_id(self) -> int | None:
         """The id of this request's idempotency key row, once it exists."""
         if self.idempotency_ref is None:

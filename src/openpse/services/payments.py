@@ -250,6 +250,7 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
     capture_method = p.get("capture_method") or "automatic"
     now = svc.now()
     payment_id = new_id("pay_")
+    caller.plan_resource(payment_id)
     async with svc.db.transaction() as tx:
         pm_cols = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card,
                                                 payment={**p, "id": payment_id, "amount": amount,
@@ -298,6 +299,8 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
 
 
 async def _recovery_point(tx: Tx, caller: Caller, resource_id: str) -> None:
+    if caller.resource_recorded(resource_id):
+        return  # the key was claimed in this transaction, with the id
     record_id = caller.key_record_id()
     if record_id is not None:
         await direct(tx).update(idempotency_keys, {"resource_id": resource_id},
