@@ -124,6 +124,9 @@ class DeferredClaim:
                 "expires_at": self.now + RETENTION_S}
 
     # storage.db.FirstWrite
+    def pending(self) -> bool:
+        return self.state == "pending" and self.open
+
     def take(self) -> bool:
         if self.state != "pending" or not self.open:
             return False

@@ -54,6 +54,10 @@ class FirstWrite(Protocol):
 
     def take(self) -> bool: ...
 
+    def pending(self) -> bool:
+        """Still to run (``take`` would reserve them); reserves nothing."""
+        ...
+
     async def run(self, tx: AsyncConnection) -> None: ...
 
     def committed(self) -> None: ...
@@ -138,6 +142,29 @@ class Database:
         On SQLite the one writer slot is the single-writer lock."""
         async with self._unit() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A write connection for one statement that is a transaction by itself. PostgreSQL:
+        it runs in autocommit (no BEGIN and COMMIT round trips; it is as durable as any
+        commit). SQLite, or while a deferred first write is still to run in this context (it
+        must share a transaction): an ordinary write transaction."""
+        first = _FIRST_WRITE.get()
+        if self.is_sqlite or (first is not None and first.pending()):
+            async with self._unit() as conn:
+                yield conn
+            return
+        async with self._writer_slots:
+            conn = await self._checkout()
+            try:
+                yield conn
+            finally:
+                if conn.closed or conn.invalidated or conn.in_transaction():
+                    self._writers_open -= 1
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                else:
+                    self._idle_writers.append((conn, time.monotonic()))
 
     @asynccontextmanager
     async def _unit(self) -> AsyncIterator[AsyncConnection]:

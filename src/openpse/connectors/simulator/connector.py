@@ -47,7 +47,7 @@ class SimulatorConnector:
         import time
 
         try:
-            async with self._db.transaction() as tx:
+            async with self._db.statement() as tx:  # one INSERT: its own transaction
                 await direct(tx).insert(simulator_operations, {
                     "reference": reference, "operation": operation, "amount": amount,
                     "currency": currency, "result": _to_row(result),
