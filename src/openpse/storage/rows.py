@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Select, Table
@@ -28,6 +29,13 @@ _ID_PREFIX = {"payments": "pay_", "events": "evt_", "refunds": "re_", "checkout_
 def rfc3339(ts: int | None) -> str | None:
     if ts is None:
         return None
+    return _rfc3339(ts)
+
+
+@lru_cache(maxsize=4096)
+def _rfc3339(ts: int) -> str:
+    # A payment's views and events format the same few seconds many times over (≈ 2 % of a
+    # create+confirm's CPU before this cache).
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
