@@ -17,6 +17,7 @@ from openpse.storage.db import first_write
 from openpse.storage.direct import direct
 from openpse.storage.tables import simulator_operations
 
+
 def _op(reference: str) -> dict[str, Any]:
     return {"reference": reference, "operation": "sale", "amount": 100, "currency": "JPY",
             "result": {"outcome": "captured"}, "created": 1}
