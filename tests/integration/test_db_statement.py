@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from openpse.storage.db import first_write
@@ -37,6 +37,10 @@ async def test_one_statement_commits_by_itself(services: Any) -> None:
         if not services.db.is_sqlite:  # autocommit: already there for everyone else
             assert await _count(services, ref) == 1
     assert await _count(services, ref) == 1
+    through_core = f"stmt-{uuid.uuid4().hex}"  # SQLAlchemy begins a transaction: committed too
+    async with services.db.statement() as conn:
+        await conn.execute(insert(simulator_operations).values(**_op(through_core)))
+    assert await _count(services, through_core) == 1
 
 
 async def test_a_failed_statement_leaves_nothing_and_the_connection_usable(services: Any) -> None:

@@ -158,6 +158,8 @@ class Database:
             conn = await self._checkout()
             try:
                 yield conn
+                if conn.in_transaction():  # a statement run through SQLAlchemy began one
+                    await conn.commit()
             finally:
                 if conn.closed or conn.invalidated or conn.in_transaction():
                     self._writers_open -= 1
