@@ -18,7 +18,8 @@ for it in a transaction that locks the session row: the claim is refused while t
 current payment (``payment_id``) is anything but failed or canceled, so only one payment is ever
 confirmed at a time and a double submit is shown the payment already under way. Only the
 claimed payment is confirmed; a refused one is canceled (``duplicate``) without reaching the
-acquirer. A failed payment frees the session for another try.
+acquirer. A failed payment frees the session for another try; after ``MAX_CARD_DECLINES`` failed
+card payments the page takes no more cards (card testing through one link), its other methods stay.
 
 ``payment_id`` is the session's current payment; the API shows it as ``payment`` once the
 session is complete (the payment that paid it). ``url`` is shown only while the session is open.
