@@ -32,7 +32,7 @@ from openpse.storage.direct import direct
 from openpse.storage.tables import idempotency_keys
 
 __all__ = ["Claimed", "DeferredClaim", "IdempotencyStore", "Replay", "kept_headers",
-           "request_hash", "validate_key"]
+           "request_hash", "request_in_progress", "validate_key"]
 
 RETENTION_S = 24 * 3600 + 3600  # at least 24 h, as the contract promises
 MAX_KEY_LENGTH = 255
@@ -51,6 +51,12 @@ def validate_key(key: str) -> str:
             param="Idempotency-Key",
         )
     return key
+
+
+def request_in_progress() -> IdempotencyFailure:
+    """Another request holds the key right now (a retry or a concurrent duplicate)."""
+    return IdempotencyFailure("a request with this Idempotency-Key is in progress; retry shortly",
+                              code="idempotency_request_in_progress")
 
 
 def kept_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -110,18 +116,17 @@ class DeferredClaim:
         # The id the route will create, told before its first write: the claim's INSERT then
         # records it (what a retry after a crash resumes from) instead of an UPDATE after it.
         self.planned_resource: str | None = None
-        self.recorded_resource: str | None = None
         self.stored: tuple[int, dict[str, str], bytes] | None = None
         # pending -> running -> committed; or lost (key taken) / replayed (nonce used)
         self.state = "pending"
         # Only while the route runs: a task it may have started must not claim the key later.
         self.open = True
 
-    def params(self) -> dict[str, Any]:
+    def params(self, resource_id: str | None = None) -> dict[str, Any]:
         return {"merchant_id": self.merchant_id, "livemode": self.livemode, "key": self.key,
                 "request_hash": self.req_hash, "method": self.method, "path": self.path,
                 "locked_at": self.now, "created": self.now,
-                "expires_at": self.now + RETENTION_S}
+                "expires_at": self.now + RETENTION_S, "resource_id": resource_id}
 
     # storage.db.FirstWrite
     def pending(self) -> bool:
@@ -137,15 +142,11 @@ class DeferredClaim:
         if self.nonce is not None and not await self.nonce.write(tx):
             self.state = "replayed"
             raise replayed_nonce()
-        got = await direct(tx).fetchone(_CLAIM_WITH_RESOURCE_IF_FREE, {
-            **self.params(), "resource_id": self.planned_resource})
+        got = await direct(tx).fetchone(_CLAIM_IF_FREE, self.params(self.planned_resource))
         if got is None:
             self.state = "lost"
-            raise IdempotencyFailure(
-                "a request with this Idempotency-Key is in progress; retry shortly",
-                code="idempotency_request_in_progress")
+            raise request_in_progress()
         self.record_id = int(got["id"])
-        self.recorded_resource = self.planned_resource
 
     def committed(self) -> None:
         if self.state == "running":
@@ -157,12 +158,16 @@ class DeferredClaim:
             self.state = "pending"
             self.record_id = None
             self.stored = None
-            self.planned_resource = self.recorded_resource = None
+            self.planned_resource = None
 
     # services.context.Caller
     def plan_resource(self, resource_id: str) -> None:
         if self.state == "pending" and self.open:
             self.planned_resource = resource_id
+
+    def records_resource(self, resource_id: str) -> bool:
+        """Whether the written claim's row already holds ``resource_id``."""
+        return self.record_id is not None and self.planned_resource == resource_id
 
 
 class IdempotencyStore:
@@ -195,7 +200,8 @@ class IdempotencyStore:
                     got = await direct(tx).fetchone(_CLAIM, {
                         "merchant_id": merchant_id, "livemode": livemode, "key": key,
                         "request_hash": req_hash, "method": method, "path": path,
-                        "locked_at": now, "created": now, "expires_at": now + RETENTION_S})
+                        "locked_at": now, "created": now, "expires_at": now + RETENTION_S,
+                        "resource_id": None})
                     assert got is not None
                     return Claimed(record_id=int(got["id"]), resource_id=None)
             except IntegrityError:
@@ -259,10 +265,7 @@ class IdempotencyStore:
                 .values(locked_at=now)
             )
         if res.rowcount != 1:
-            raise IdempotencyFailure(
-                "a request with this Idempotency-Key is in progress; retry shortly",
-                code="idempotency_request_in_progress",
-            )
+            raise request_in_progress()
         return Claimed(record_id=int(row.id), resource_id=row.resource_id)
 
     async def complete(
@@ -320,15 +323,9 @@ class IdempotencyStore:
 
 _CLAIM = (
     'INSERT INTO idempotency_keys (merchant_id, livemode, "key", request_hash, method, path, '
-    "status, locked_at, created, expires_at) VALUES (:merchant_id, :livemode, :key, "
-    ":request_hash, :method, :path, 'in_progress', :locked_at, :created, :expires_at) "
-    "RETURNING id"
-)
-_CLAIM_IF_FREE = _CLAIM.replace(" RETURNING id", " ON CONFLICT DO NOTHING RETURNING id")
-_CLAIM_WITH_RESOURCE_IF_FREE = (
-    'INSERT INTO idempotency_keys (merchant_id, livemode, "key", request_hash, method, path, '
     "status, locked_at, created, expires_at, resource_id) VALUES (:merchant_id, :livemode, "
     ":key, :request_hash, :method, :path, 'in_progress', :locked_at, :created, :expires_at, "
-    ":resource_id) ON CONFLICT DO NOTHING RETURNING id"
+    ":resource_id) RETURNING id"
 )
+_CLAIM_IF_FREE = _CLAIM.replace(" RETURNING id", " ON CONFLICT DO NOTHING RETURNING id")
 _FIND = 'SELECT * FROM idempotency_keys WHERE merchant_id = :m AND livemode = :l AND "key" = :k'

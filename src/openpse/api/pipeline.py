@@ -29,6 +29,7 @@ from openpse.api.idempotency import (
     Replay,
     kept_headers,
     request_hash,
+    request_in_progress,
     validate_key,
 )
 from openpse.api.metrics import AUTH_FAILURES, REQUEST_LATENCY, RESPONSES
@@ -350,9 +351,7 @@ class Pipeline:
             return
         # a crashed holder's stale lock, just taken over: hand it back for a retry to resume
         await self.cfg.idempotency.release(found.record_id)
-        await self._send_error(cap, e.IdempotencyFailure(
-            "a request with this Idempotency-Key is in progress; retry shortly",
-            code="idempotency_request_in_progress"), request_id)
+        await self._send_error(cap, request_in_progress(), request_id)
 
     async def _write_nonce(self, claim: DeferredClaim) -> None:
         nonce, claim.nonce = claim.nonce, None

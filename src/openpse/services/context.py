@@ -69,8 +69,8 @@ class Caller:
 
     def resource_recorded(self, resource_id: str) -> bool:
         """Whether the claim already records ``resource_id`` (written in this transaction)."""
-        found = getattr(self.idempotency_ref, "recorded_resource", None)
-        return found is not None and found == resource_id
+        records = getattr(self.idempotency_ref, "records_resource", None)
+        return records is not None and bool(records(resource_id))
 
     def key_record_id(self) -> int | None:
         """The id of this request's idempotency key row, once it exists."""
