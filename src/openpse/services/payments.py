@@ -128,6 +128,12 @@ class _Vaulted:
 _just_vaulted: ContextVar[_Vaulted | None] = ContextVar("just_vaulted", default=None)
 
 
+def _vaulted_now(pm_id: str) -> _Vaulted | None:
+    """``pm_id``'s card, when this request vaulted it."""
+    vaulted = _just_vaulted.get()
+    return vaulted if vaulted is not None and vaulted.pm_id == pm_id else None
+
+
 async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput) -> dict[str, Any]:
     """Validate and store a card; returns the safe view. The number is encrypted; no CVC."""
     details = card_rules.validate_card(card.number, card.exp_month, card.exp_year, card.cvc,
@@ -168,8 +174,8 @@ async def _token_card(tx: Tx, caller: Caller, token: str) -> dict[str, Any]:
 
 
 async def _card_data(svc: Services, pm_id: str, cvc: str | None) -> CardData:
-    vaulted = _just_vaulted.get()
-    if vaulted is not None and vaulted.pm_id == pm_id:
+    vaulted = _vaulted_now(pm_id)
+    if vaulted is not None:
         return replace(vaulted.card, cvc=cvc)
     async with svc.db.read() as conn:
         row = await direct(conn).fetchone(
@@ -529,8 +535,8 @@ async def release_part_payments(tx: Tx, row: dict[str, Any], now: int, why: str)
 
 async def _risk_card_key(tx: Tx, pm_id: str) -> str:
     """``BIN6:last4`` of a vaulted card, what the risk rules match on."""
-    vaulted = _just_vaulted.get()
-    if vaulted is not None and vaulted.pm_id == pm_id:
+    vaulted = _vaulted_now(pm_id)
+    if vaulted is not None:
         return vaulted.card_key
     row = await direct(tx).fetchone("SELECT bin6, last4 FROM payment_methods WHERE id = :id",
                                     {"id": pm_id})

@@ -161,12 +161,7 @@ class Database:
                 if conn.in_transaction():  # a statement run through SQLAlchemy began one
                     await conn.commit()
             finally:
-                if conn.closed or conn.invalidated or conn.in_transaction():
-                    self._writers_open -= 1
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                else:
-                    self._idle_writers.append((conn, time.monotonic()))
+                await self._give_back(conn)
 
     @asynccontextmanager
     async def _unit(self) -> AsyncIterator[AsyncConnection]:
@@ -194,12 +189,17 @@ class Database:
             finally:
                 if first is not None:
                     first.rolled_back()
-                if conn.closed or conn.invalidated or conn.in_transaction():
-                    self._writers_open -= 1  # broken, or interrupted mid-rollback: replace it
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                else:
-                    self._idle_writers.append((conn, time.monotonic()))
+                await self._give_back(conn)
+
+    async def _give_back(self, conn: AsyncConnection) -> None:
+        """Keep a write connection for the next writer, or close one that is broken or was
+        interrupted mid-rollback (a new one replaces it)."""
+        if conn.closed or conn.invalidated or conn.in_transaction():
+            self._writers_open -= 1
+            with contextlib.suppress(Exception):
+                await conn.close()
+        else:
+            self._idle_writers.append((conn, time.monotonic()))
 
     async def _checkout(self) -> AsyncConnection:
         """An open write connection (the caller holds a writer slot)."""
