@@ -521,8 +521,7 @@ def _form(request: Request, svc: Any, page: svc_checkout.PageSession, t: Texts, 
           selected: str | None = None, values: dict[str, str] | None = None) -> HTMLResponse:
     s = page.session
     p = page.payment
-    if error is None and "card" in s["payment_method_types"] and \
-            svc_checkout.card_attempts_exhausted(s):
+    if error is None and svc_checkout.card_attempts_exhausted(s):
         error = t("card_attempts_exhausted")  # says more than the last decline would
     elif error is None and p is not None and p["failure_code"]:
         error = t("last_failed", message=_decline_text(t, p["failure_code"],

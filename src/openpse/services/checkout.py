@@ -155,7 +155,9 @@ def offered_methods(session: dict[str, Any]) -> list[str]:
 
 
 def card_attempts_exhausted(session: dict[str, Any]) -> bool:
-    return int(session.get("card_declines") or 0) >= MAX_CARD_DECLINES
+    """The session lists cards but its page takes no more of them (``MAX_CARD_DECLINES``)."""
+    return "card" in session["payment_method_types"] and \
+        int(session.get("card_declines") or 0) >= MAX_CARD_DECLINES
 
 
 def _payment_method_types(value: Any) -> list[str]:
@@ -533,7 +535,7 @@ async def pay_session(svc: Services, session_id: str, token: str | None,
         return early
     s = page.session
     method = local.method if local is not None else "card"
-    if method == "card" and "card" in s["payment_method_types"] and card_attempts_exhausted(s):
+    if method == "card" and card_attempts_exhausted(s):
         return PayResult("invalid", page, code="card_attempts_exhausted",
                          message=f"this checkout has had {MAX_CARD_DECLINES} declined card "
                                  "payments and takes no more cards")

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Select, Table
 
-from openpse.domain.ids import first_id_at
+from openpse.domain.ids import PREFIXES, first_id_at
 
 __all__ = ["apply_page", "page_result", "rfc3339", "row_dict"]
 
@@ -22,8 +22,10 @@ DEFAULT_PAGE_SIZE = 20
 # on a lock, skew between hosts or a clock stepped back (a process keeps its ids increasing, so
 # they run ahead of ``created`` until the clock catches up) cannot move a row out of it.
 ID_BOUND_SLACK_S = 86400
-_ID_PREFIX = {"payments": "pay_", "events": "evt_", "refunds": "re_", "checkout_sessions": "cs_",
-              "webhook_endpoints": "we_", "webhook_deliveries": "whd_", "request_logs": "req_"}
+_ID_PREFIX = {table: PREFIXES[kind] for table, kind in (
+    ("payments", "payment"), ("events", "event"), ("refunds", "refund"),
+    ("checkout_sessions", "checkout_session"), ("webhook_endpoints", "webhook_endpoint"),
+    ("webhook_deliveries", "delivery"), ("request_logs", "request"))}
 
 
 def rfc3339(ts: int | None) -> str | None:

@@ -53,6 +53,11 @@ def _stamps() -> list[Column]:
     ]
 
 
+def _partial_index(name: str, *columns: str, where: str) -> Index:
+    """An index of only the rows ``where`` holds for (both backends understand the predicate)."""
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
+
+
 merchants = Table(
     "merchants",
     metadata,
@@ -205,12 +210,10 @@ payments = Table(
     Index("ix_payments_scope_status", "merchant_id", "livemode", "status", "id"),
     # Partial (0006): only payments with the deadline are in them, so a card payment's insert
     # and its status changes (never HOT: status is indexed) skip both indexes.
-    Index("ix_payments_status_expires", "status", "expires_at",
-          postgresql_where=text("expires_at IS NOT NULL"),
-          sqlite_where=text("expires_at IS NOT NULL")),
-    Index("ix_payments_status_settles", "status", "settles_at",
-          postgresql_where=text("settles_at IS NOT NULL"),
-          sqlite_where=text("settles_at IS NOT NULL")),
+    _partial_index("ix_payments_status_expires", "status", "expires_at",
+                   where="expires_at IS NOT NULL"),
+    _partial_index("ix_payments_status_settles", "status", "settles_at",
+                   where="settles_at IS NOT NULL"),
 )
 
 # Every call to an acquirer, persisted before the call is made (status "pending"), so a crash
@@ -232,8 +235,7 @@ payment_attempts = Table(
     Column("created", BigInteger, nullable=False),
     Column("updated", BigInteger, nullable=False),
     # Partial (0006): what the recovery job looks for; an answered attempt leaves it.
-    Index("ix_attempts_pending_created", "created",
-          postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+    _partial_index("ix_attempts_pending_created", "created", where="status = 'pending'"),
 )
 
 refunds = Table(
