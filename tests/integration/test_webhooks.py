@@ -330,7 +330,9 @@ async def test_a_worker_killed_between_send_and_mark_leaves_it_to_be_resent_with
         t0 = int(time.time())
         doomed = build_runner(hooks, options=DeliveryOptions(lease_s=LEASE_S))
         await doomed.run_once(t0)  # claims and sends; it "dies" before the step that records
-        r.wait_for(lambda: len(r.at("/hook")) == 1)
+        # run_once waits only linger_s for its send; under load the send may still be in
+        # flight on this loop, so wait without blocking the loop
+        await r.wait_for_async(lambda: len(r.at("/hook")) == 1)
         survivor = build_runner(hooks, options=DeliveryOptions(lease_s=LEASE_S))
         try:
             await survivor.run_until_idle(t0 + LEASE_S - 1)

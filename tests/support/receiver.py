@@ -82,8 +82,23 @@ class Receiver:
             if predicate():
                 return
             time.sleep(0.05)
-        raise AssertionError(f"receiver: condition not met in {timeout_s} s; "
-                             f"{len(self.requests)} requests so far")
+        raise self._not_met(timeout_s)
+
+    async def wait_for_async(self, predicate: Callable[[], bool], timeout_s: float = 20.0
+                             ) -> None:
+        """``wait_for`` from a coroutine: the caller's event loop keeps running meanwhile, so
+        a send still in flight on it (a delivery runner that stopped waiting for it) can
+        finish. The blocking ``wait_for`` would freeze that send until the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            await asyncio.sleep(0.05)
+        raise self._not_met(timeout_s)
+
+    def _not_met(self, timeout_s: float) -> AssertionError:
+        return AssertionError(f"receiver: condition not met in {timeout_s} s; "
+                              f"{len(self.requests)} requests so far")
 
     # --- lifecycle ---------------------------------------------------------------------------
 
