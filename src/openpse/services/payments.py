@@ -44,8 +44,8 @@ from openpse.services.clock import merchant_now
 from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.services.views import payment_view
-from openpse.storage.db import Tx
-from openpse.storage.direct import direct
+from openpse.storage.db import TX_SCOPED_INFO, Tx
+from openpse.storage.direct import decode, direct
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import load_scoped, update_versioned
 from openpse.storage.tables import (
@@ -388,6 +388,39 @@ async def _attempt(tx: Tx, attempt_id: str) -> Any:
     return None if row is None else SimpleNamespace(**row)
 
 
+async def _lock_with_attempt(tx: Tx, caller: Caller, payment_id: str, attempt_id: str
+                             ) -> tuple[dict[str, Any], Any]:
+    """``_lock`` and, in the same statement (one round trip instead of three), the attempt
+    (attribute access, or None) and the merchant's terms (kept for ``merchant_terms``)."""
+    d = direct(tx)
+    sql = _LOCK_WITH_ATTEMPT if d.is_sqlite else _LOCK_WITH_ATTEMPT + " FOR UPDATE OF p"
+    row = await d.fetchone(sql, {"id": payment_id, "m": caller.merchant_id,
+                                 "l": caller.livemode, "att": attempt_id})
+    if row is None:
+        raise NotFound(f"no such payment: {payment_id!r}", code="resource_missing", param="id")
+    attempt = decode({c: row.pop(f"a_{c}") for c in _ATTEMPT_COLUMNS}, payment_attempts)
+    terms = decode({c: row.pop(f"m_{c}") for c in _TERMS_COLUMNS}, merchants)
+    _terms_cache(tx)[row["merchant_id"]] = terms
+    return (decode(row, payments),
+            None if attempt["id"] is None else SimpleNamespace(**attempt))
+
+
+_ATTEMPT_COLUMNS = tuple(c.name for c in payment_attempts.columns)
+_TERMS_COLUMNS = ("pricing", "sandbox_clock_offset_s")
+_LOCK_WITH_ATTEMPT = (
+    "SELECT p.*, " + ", ".join(f'a."{c}" AS "a_{c}"' for c in _ATTEMPT_COLUMNS) + ", "
+    + ", ".join(f'm."{c}" AS "m_{c}"' for c in _TERMS_COLUMNS)
+    + " FROM payments p JOIN merchants m ON m.id = p.merchant_id"
+    " LEFT JOIN payment_attempts a ON a.id = :att"
+    " WHERE p.id = :id AND p.merchant_id = :m AND p.livemode = :l")
+
+
+def _terms_cache(tx: Tx) -> dict[str, dict[str, Any]]:
+    scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
+    found: dict[str, dict[str, Any]] = scoped.setdefault("merchant_terms", {})
+    return found
+
+
 def _raise_if_declined(row: dict[str, Any]) -> None:
     if row["status"] == Status.FAILED and row["failure_code"]:
         raise CardDeclined(row["failure_message"] or "the card was declined",
@@ -397,7 +430,7 @@ def _raise_if_declined(row: dict[str, Any]) -> None:
 async def merchant_terms(svc: Services, tx: Tx, row: dict[str, Any]
                          ) -> tuple[dict[str, Any] | None, int]:
     """The merchant's fee plan and clock (``captured_at`` is on it, for refund windows)."""
-    found = await direct(tx).fetchone(
+    found = _terms_cache(tx).get(row["merchant_id"]) or await direct(tx).fetchone(
         "SELECT pricing, sandbox_clock_offset_s FROM merchants WHERE id = :id",
         {"id": row["merchant_id"]}, table=merchants)
     offset = 0 if found is None or row["livemode"] else int(found["sandbox_clock_offset_s"])
@@ -576,8 +609,7 @@ async def apply_result(
     now = svc.now()
     scope = Caller(merchant_id, livemode) if caller is None else caller
     async with svc.db.transaction() as tx:
-        row = await _lock(tx, scope, payment_id)
-        attempt = await _attempt(tx, attempt_id)
+        row, attempt = await _lock_with_attempt(tx, scope, payment_id, attempt_id)
         if attempt is None or attempt.status != "pending":
             return row  # already applied (a retry raced us): nothing to do twice
         await _finish_attempt(tx, attempt_id, result, now)

@@ -28,7 +28,7 @@ from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Direct", "direct", "json_param"]
+__all__ = ["Direct", "decode", "direct", "json_param"]
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -74,7 +74,9 @@ def _pg(sql: str) -> tuple[str, tuple[str, ...]]:
     return found
 
 
-def _decode(row: dict[str, Any], table: Table | None) -> dict[str, Any]:
+def decode(row: dict[str, Any], table: Table | None) -> dict[str, Any]:
+    """``row`` (read directly) with ``table``'s JSON columns decoded and booleans as ``bool``,
+    as SQLAlchemy would return them; for rows a statement assembled from several tables."""
     if table is None:
         return row
     shape = _shape(table)
@@ -171,13 +173,13 @@ class Direct:
             if self._lite is not None:
                 cur = self._lite.execute(sql, params or {})
                 cols = [d[0] for d in cur.description]
-                return [_decode(dict(zip(cols, r, strict=True)), table) for r in cur.fetchall()]
+                return [decode(dict(zip(cols, r, strict=True)), table) for r in cur.fetchall()]
             text, names = _pg(sql)
             args = [params[n] for n in names] if params else []
             records = await (await self._pg_conn()).fetch(text, *args)
         except (sqlite3.IntegrityError, _PG_INTEGRITY) as exc:
             raise IntegrityError(sql, params, exc) from exc
-        return [_decode(dict(r), table) for r in records]
+        return [decode(dict(r), table) for r in records]
 
     async def fetchone(self, sql: str, params: Mapping[str, Any] | None = None, *,
                        table: Table | None = None) -> dict[str, Any] | None:
