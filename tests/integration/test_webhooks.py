@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import socket
 import time
 from collections import Counter
@@ -23,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from openpse.domain.errors import InvalidRequest
+from openpse.domain.ids import first_id_at
 from openpse.services import event_log
 from openpse.services import webhook_endpoints as we
 from openpse.services.context import Caller, Services
 from openpse.services.webhook_delivery import build_runner
+from openpse.storage.tables import webhook_deliveries
 from openpse.webhooks import ssrf
 from openpse.webhooks.delivery import DeliveryOptions, DeliveryRunner
 from openpse.webhooks.schedule import ENDPOINT_DISABLE_AFTER_S
@@ -120,6 +124,52 @@ async def test_each_event_is_delivered_signed_byte_for_byte_with_its_id(
         assert attempt["status_code"] == 200 and attempt["error"] is None
         assert attempt["response_excerpt"] == "ok" and attempt["latency_ms"] >= 0
         assert await deliveries(hooks, caller, other["id"]) == []
+
+
+async def test_an_event_is_queued_once_for_each_enabled_endpoint_subscribed_to_it(
+    hooks: Services, caller: Caller
+) -> None:
+    """The outbox's fan-out (one SQL statement with the event on PostgreSQL, read-then-insert
+    on SQLite): enabled endpoints of the event's merchant whose events include its type or
+    ``*``; no disabled endpoint, no other merchant's."""
+    with Receiver() as r:
+        every = await endpoint(hooks, caller, r.url("/every"))
+        paid = await endpoint(hooks, caller, r.url("/paid"), ["payment.succeeded", "payment.refunded"])
+        await endpoint(hooks, caller, r.url("/refunds"), ["refund.succeeded"])
+        off = await endpoint(hooks, caller, r.url("/off"))
+        await we.update_endpoint(hooks, caller, off["id"], enabled=False)
+        stranger = await new_caller(hooks)
+        await endpoint(hooks, stranger, r.url("/stranger"))
+        try:
+            before_ms = int(time.time() * 1000)
+            two = await emit_events(hooks, caller, 2, per_tx=2)
+            refund = await emit_events(hooks, caller, 1, type="refund.succeeded")
+            other = await emit_events(hooks, caller, 1, type="payment.failed")
+            async with hooks.db.read() as conn:
+                rows = [dict(x._mapping) for x in (await conn.execute(
+                    select(webhook_deliveries).where(
+                        webhook_deliveries.c.event_id.in_([*two, *refund, *other]))))]
+        finally:
+            page = await we.list_endpoints(hooks, stranger, limit=100, cursor=None,
+                                           created_gte=None, created_lt=None)
+            for ep in page["data"]:
+                await we.delete_endpoint(hooks, stranger, ep["id"])
+    queued = Counter((x["event_id"], x["endpoint_id"]) for x in rows)
+    refunds = next(e for e in (await we.list_endpoints(
+        hooks, caller, limit=100, cursor=None, created_gte=None, created_lt=None))["data"]
+        if e["url"].endswith("/refunds"))
+    assert queued == Counter({(two[0], every["id"]): 1, (two[0], paid["id"]): 1,
+                              (two[1], every["id"]): 1, (two[1], paid["id"]): 1,
+                              (refund[0], every["id"]): 1, (refund[0], refunds["id"]): 1,
+                              (other[0], every["id"]): 1})
+    assert len({x["id"] for x in rows}) == len(rows)
+    for x in rows:
+        assert re.fullmatch(r"whd_[0-9a-z]{26}", x["id"]), x["id"]
+        assert x["id"] >= first_id_at("whd_", before_ms)  # time-ordered like every id
+        assert (x["merchant_id"], x["livemode"], x["status"]) == (caller.merchant_id, False,
+                                                                  "pending")
+        assert (x["attempt_count"], x["version"], x["locked_until"]) == (0, 1, None)
+        assert abs(x["next_attempt_at"] - time.time()) < 60
 
 
 async def test_a_failing_receiver_gets_the_event_later_with_the_same_id(

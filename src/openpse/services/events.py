@@ -1,13 +1,13 @@
 """Events: written in the same transaction as the state change they describe.
 
-``record_event`` inserts the event and hands it to every registered sink inside that same
-transaction (the webhook outbox registers one), so a committed change always has its event and
-its pending deliveries, and a rolled-back change has neither.
+``record_event`` inserts the event and its pending webhook deliveries (the outbox,
+``webhooks/outbox.py``) inside that same transaction, so a committed change always has its
+event and its deliveries, and a rolled-back change has neither.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import time
 from typing import Any
 
 import orjson
@@ -15,21 +15,12 @@ import orjson
 from openpse.domain.ids import new_id
 from openpse.services.context import Caller
 from openpse.storage.db import Tx
-from openpse.storage.direct import direct
 from openpse.storage.rows import rfc3339
+from openpse.webhooks.outbox import write_event
 
-__all__ = ["API_VERSION", "EventSink", "changed_fields", "record_event", "register_sink"]
+__all__ = ["API_VERSION", "changed_fields", "record_event"]
 
 API_VERSION = "2026-11-01"
-
-# A sink gets the transaction, the event as delivered, and the merchant it belongs to.
-EventSink = Callable[[Tx, dict[str, Any], str], Awaitable[None]]
-_SINKS: list[EventSink] = []
-
-
-def register_sink(sink: EventSink) -> None:
-    if sink not in _SINKS:
-        _SINKS.append(sink)
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -53,13 +44,10 @@ async def record_event(
         "data": {"object": obj, "previous_attributes": previous or {}},
         "request": caller.request_ref() if caller else None,
     }
-    await direct(tx).execute(_INSERT_EVENT, {
+    # Wall-clock time for the deliveries, not the event's: a sandbox clock offset must not
+    # delay them.
+    await write_event(tx, {
         "id": event_id, "merchant_id": merchant_id, "livemode": livemode, "type": type,
-        "object_id": obj["id"], "payload": orjson.dumps(event).decode(), "created": now})
-    for sink in _SINKS:
-        await sink(tx, event, merchant_id)
+        "object_id": obj["id"], "payload": orjson.dumps(event).decode(), "created": now},
+        now_s=int(time.time()))
     return event
-
-
-_INSERT_EVENT = ("INSERT INTO events (id, merchant_id, livemode, type, object_id, payload, created)"
-                 " VALUES (:id, :merchant_id, :livemode, :type, :object_id, :payload, :created)")

@@ -9,7 +9,6 @@ event's merchant and mode that subscribes to its type, in the event's own transa
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -18,13 +17,13 @@ from openpse.domain.errors import InvalidRequest
 from openpse.domain.ids import PREFIXES, new_id
 from openpse.domain.payments import EVENT_FOR_STATUS
 from openpse.services.context import Caller, Services
-from openpse.services.events import changed_fields, record_event, register_sink
+from openpse.services.events import changed_fields, record_event
 from openpse.storage.db import Tx
 from openpse.storage.repos import load_scoped, update_versioned
 from openpse.storage.rows import apply_page, page_result, rfc3339, row_dict
 from openpse.storage.tables import webhook_attempts, webhook_deliveries, webhook_endpoints
 from openpse.webhooks import keyring
-from openpse.webhooks.outbox import ALL_EVENTS, cancel_pending, enqueue_for_event
+from openpse.webhooks.outbox import ALL_EVENTS, cancel_pending
 from openpse.webhooks.ssrf import check_url
 
 __all__ = [
@@ -316,12 +315,3 @@ async def disable_endpoint(tx: Tx, endpoint_id: str, reason: str, now_s: int) ->
     await _disable(tx, row_dict(found), reason, now_s, caller=None)
 
 
-# --- the outbox sink -----------------------------------------------------------------------------
-
-
-async def _outbox_sink(tx: Tx, event: dict[str, Any], merchant_id: str) -> None:
-    # Wall-clock time, not the event's: a sandbox clock offset must not delay delivery.
-    await enqueue_for_event(tx, event, merchant_id=merchant_id, now_s=int(time.time()))
-
-
-register_sink(_outbox_sink)

@@ -58,6 +58,7 @@ __all__ = [
     "queue_stats",
     "record_outcomes",
     "subscribes",
+    "write_event",
 ]
 
 ALL_EVENTS = "*"
@@ -106,23 +107,54 @@ async def enqueue(
     return rows
 
 
-async def enqueue_for_event(tx: Tx, event: dict[str, Any], *, merchant_id: str, now_s: int
-                            ) -> int:
+async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int) -> None:
+    """Insert an ``events`` row (its columns in ``row``) and a pending delivery per enabled
+    endpoint subscribed to its type, in the caller's transaction.
+
+    PostgreSQL: one statement (the event's INSERT in a WITH, the deliveries made by
+    ``INSERT ... SELECT`` from the endpoints), one round trip whether or not the merchant has
+    endpoints. SQLite (no round trips): the event's INSERT, then :func:`enqueue_for_event`.
+    A delivery id there is the milliseconds of ``new_id`` and 64 random bits from the server.
+    """
+    d = direct(tx)
+    if d.is_sqlite:
+        await d.execute(_INSERT_EVENT, row)
+        await enqueue_for_event(tx, row["type"], row["id"], merchant_id=row["merchant_id"],
+                                livemode=bool(row["livemode"]), now_s=now_s)
+        return
+    await d.execute(_INSERT_EVENT_WITH_DELIVERIES, {
+        **row, "etype": row["type"], "now": now_s, "n": MAX_ENDPOINTS_PER_EVENT,
+        "id_head": PREFIXES["delivery"] + new_id("")[:10]})
+
+
+_INSERT_EVENT = ("INSERT INTO events (id, merchant_id, livemode, type, object_id, payload, created)"
+                 " VALUES (:id, :merchant_id, :livemode, :type, :object_id, :payload, :created)")
+_INSERT_EVENT_WITH_DELIVERIES = (
+    "WITH ev AS (" + _INSERT_EVENT + ") "
+    "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, merchant_id, livemode, status, "
+    "attempt_count, next_attempt_at, created, updated, version) "
+    "SELECT :id_head || substr(md5(random()::text || e.id), 1, 16), :id, e.id, :merchant_id, "
+    ":livemode, 'pending', 0, :now, :now, :now, 1 FROM webhook_endpoints e "
+    "WHERE e.merchant_id = :merchant_id AND e.livemode = :livemode AND e.status = 'enabled' "
+    f"AND e.enabled_events::jsonb ?| ARRAY['{ALL_EVENTS}', :etype] ORDER BY e.id LIMIT :n")
+
+
+async def enqueue_for_event(tx: Tx, event_type: str, event_id: str, *, merchant_id: str,
+                            livemode: bool, now_s: int) -> int:
     """The outbox sink's work: a delivery per enabled endpoint subscribed to the event.
 
     Runs inside the transaction that records the event, so the event and its deliveries commit
     or roll back together. The merchant's endpoints are read once per transaction (a payment's
     events share them; endpoints change in transactions of their own).
     """
-    livemode = bool(event["livemode"])
     scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
     cache: dict[tuple[str, bool], list[dict[str, Any]]] = scoped.setdefault("endpoints", {})
     candidates = cache.get((merchant_id, livemode))
     if candidates is None:
         candidates = cache[(merchant_id, livemode)] = await direct(tx).fetchall(
             _ENDPOINTS, {"m": merchant_id, "l": livemode, "n": MAX_ENDPOINTS_PER_EVENT}, table=E)
-    targets = [r["id"] for r in candidates if subscribes(r["enabled_events"], event["type"])]
-    await enqueue(tx, event_id=event["id"], endpoint_ids=targets, merchant_id=merchant_id,
+    targets = [r["id"] for r in candidates if subscribes(r["enabled_events"], event_type)]
+    await enqueue(tx, event_id=event_id, endpoint_ids=targets, merchant_id=merchant_id,
                   livemode=livemode, now_s=now_s)
     return len(targets)
 
