@@ -88,18 +88,24 @@ async def post_journal(
     """Write one balanced journal. Raises before writing anything if it does not balance."""
     check_balanced(entries)
     journal_id = new_id("jnl_")
-    d = direct(tx)
-    await d.execute(_INSERT_JOURNAL, {
-        "id": journal_id, "merchant_id": merchant_id, "livemode": livemode, "kind": kind,
-        "reference_id": reference_id, "created": now})
+    journal = {"id": journal_id, "merchant_id": merchant_id, "livemode": livemode, "kind": kind,
+               "reference_id": reference_id, "created": now}
     deltas: dict[int, int] = defaultdict(int)
-    rows = []
+    accounts = []
     for p in entries:
         acct = await _account_id(tx, p.owner, livemode, p.currency, p.kind, now)
         deltas[acct] += p.amount
-        rows.append({"journal_id": journal_id, "account_id": acct, "currency": p.currency,
-                     "amount": p.amount})
-    await d.executemany(_INSERT_POSTING, rows)
+        accounts.append(acct)
+    d = direct(tx)
+    if d.is_sqlite:
+        await d.execute(_INSERT_JOURNAL, journal)
+        await d.executemany(_INSERT_POSTING, [
+            {"journal_id": journal_id, "account_id": acct, "currency": p.currency,
+             "amount": p.amount} for acct, p in zip(accounts, entries, strict=True)])
+    else:  # one statement, one round trip (the postings' foreign key is checked at its end)
+        await d.execute(_INSERT_JOURNAL_WITH_POSTINGS, {
+            **journal, "accounts": accounts, "currencies": [p.currency for p in entries],
+            "amounts": [p.amount for p in entries]})
     # Balances change at commit time (apply_balance_deltas, called by the unit of work): a
     # merchant's account rows are hot, and their row locks are then held only for the commit.
     scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
@@ -128,6 +134,11 @@ _INSERT_JOURNAL = ("INSERT INTO journals (id, merchant_id, livemode, kind, refer
                    "VALUES (:id, :merchant_id, :livemode, :kind, :reference_id, :created)")
 _INSERT_POSTING = ("INSERT INTO postings (journal_id, account_id, currency, amount) "
                    "VALUES (:journal_id, :account_id, :currency, :amount)")
+_INSERT_JOURNAL_WITH_POSTINGS = (
+    "WITH j AS (" + _INSERT_JOURNAL + ") INSERT INTO postings (journal_id, account_id, currency, "
+    "amount) SELECT :id, x.a, x.c, x.m FROM unnest(CAST(:accounts AS bigint[]), "
+    "CAST(:currencies AS text[]), CAST(:amounts AS bigint[])) WITH ORDINALITY AS x(a, c, m, n) "
+    "ORDER BY x.n")
 _ADD_TO_BALANCE = "UPDATE ledger_accounts SET balance = balance + :delta WHERE id = :id"
 
 
