@@ -139,10 +139,24 @@ class DeferredClaim:
         return True
 
     async def run(self, tx: Tx) -> None:
-        if self.nonce is not None and not await self.nonce.write(tx):
-            self.state = "replayed"
-            raise replayed_nonce()
-        got = await direct(tx).fetchone(_CLAIM_IF_FREE, self.params(self.planned_resource))
+        d, params = direct(tx), self.params(self.planned_resource)
+        if self.nonce is not None and not d.is_sqlite:
+            # PostgreSQL: the nonce's INSERT rides in the claim's statement (one round trip);
+            # the claim does nothing on a conflict, so a unique violation is the nonce's.
+            try:
+                got = await d.fetchone(_NONCE_AND_CLAIM_IF_FREE, {
+                    **params, "n_key": self.nonce.key_id, "n_nonce": self.nonce.nonce,
+                    "n_expires": self.nonce.expires_at})
+            except IntegrityError as exc:
+                if getattr(exc.orig, "table_name", None) != "nonces":
+                    raise
+                self.state = "replayed"
+                raise replayed_nonce() from None
+        else:
+            if self.nonce is not None and not await self.nonce.write(tx):
+                self.state = "replayed"
+                raise replayed_nonce()
+            got = await d.fetchone(_CLAIM_IF_FREE, params)
         if got is None:
             self.state = "lost"
             raise request_in_progress()
@@ -328,4 +342,7 @@ _CLAIM = (
     ":resource_id) RETURNING id"
 )
 _CLAIM_IF_FREE = _CLAIM.replace(" RETURNING id", " ON CONFLICT DO NOTHING RETURNING id")
+_NONCE_AND_CLAIM_IF_FREE = (
+    "WITH n AS (INSERT INTO nonces (access_key_id, nonce, expires_at) VALUES (:n_key, :n_nonce, "
+    ":n_expires)) " + _CLAIM_IF_FREE)
 _FIND = 'SELECT * FROM idempotency_keys WHERE merchant_id = :m AND livemode = :l AND "key" = :k'
