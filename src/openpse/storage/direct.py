@@ -12,6 +12,11 @@ dicts with JSON columns decoded and booleans as ``bool`` when the table is named
 SQLAlchemy would return them. A unique-key violation raises SQLAlchemy's ``IntegrityError``, so
 callers handle both paths the same way.
 
+``execute(..., inserts=[(table, row), ...])`` writes rows the statement does not depend on in
+the same round trip: on PostgreSQL each becomes an ``INSERT`` in the statement's ``WITH`` (they
+run with it, in one snapshot: the statement must not read their tables; foreign keys to them
+are checked at its end), on SQLite they simply run first.
+
 The schema stays SQLAlchemy's (tables.py, Alembic); only the execution is direct.
 """
 
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -28,7 +33,10 @@ from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Direct", "decode", "direct", "json_param"]
+__all__ = ["Direct", "Inserts", "decode", "direct", "json_param"]
+
+# Rows to insert with a statement: (table, column -> value with JSON columns as Python values).
+Inserts = Sequence[tuple[Table, Mapping[str, Any]]]
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -99,14 +107,26 @@ def _encode(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
 _STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], str] = {}
 
 
-def _insert_sql(table: Table, cols: tuple[str, ...]) -> str:
-    key = ("insert", table.name, cols, ())
+def _insert_sql(table: Table, cols: tuple[str, ...], prefix: str = "") -> str:
+    key = ("insert", table.name, cols, (prefix,))
     sql = _STATEMENTS.get(key)
     if sql is None:
         names = ", ".join(f'"{c}"' for c in cols)
         sql = _STATEMENTS[key] = (f"INSERT INTO {table.name} ({names}) VALUES "
-                                  f"({', '.join(':' + c for c in cols)})")
+                                  f"({', '.join(':' + prefix + c for c in cols)})")
     return sql
+
+
+def _with_inserts(sql: str, params: Mapping[str, Any], inserts: Inserts
+                  ) -> tuple[str, dict[str, Any]]:
+    """``sql`` with each of ``inserts`` as an ``INSERT`` in its ``WITH`` (PostgreSQL)."""
+    ctes, merged = [], dict(params)
+    for i, (table, row) in enumerate(inserts):
+        ctes.append(f"i{i} AS ({_insert_sql(table, tuple(row), f'i{i}_')})")
+        merged.update({f"i{i}_{k}": v for k, v in _encode(table, row).items()})
+    if sql.startswith("WITH "):
+        return f"WITH {', '.join(ctes)}, {sql[5:]}", merged
+    return f"WITH {', '.join(ctes)} {sql}", merged
 
 
 def _update_sql(table: Table, cols: tuple[str, ...], where: tuple[str, ...]) -> str:
@@ -143,11 +163,20 @@ class Direct:
     async def _pg_conn(self) -> Any:
         return self._adapter._connection
 
-    async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
-        """Run one statement; the number of rows it changed."""
+    async def execute(self, sql: str, params: Mapping[str, Any] | None = None, *,
+                      inserts: Inserts = ()) -> int:
+        """Run one statement (with ``inserts``, see the module's doc); the number of rows it
+        changed."""
         try:
             if self._lite is not None:
-                return self._lite.execute(sql, params or {}).rowcount
+                for table, row in inserts:
+                    self._lite.execute(_insert_sql(table, tuple(row)), _encode(table, row))
+                before = self._lite.total_changes
+                count = self._lite.execute(sql, params or {}).rowcount
+                # sqlite3 reports -1 for a statement it does not see as DML (WITH ... INSERT)
+                return count if count >= 0 else self._lite.total_changes - before
+            if inserts:
+                sql, params = _with_inserts(sql, params or {}, inserts)
             text, names = _pg(sql)
             args = [params[n] for n in names] if params else []
             status = await (await self._pg_conn()).execute(text, *args)

@@ -1,0 +1,62 @@
+"""``Direct.execute(..., inserts=...)``: rows written with a statement, in one round trip on
+PostgreSQL (each an INSERT in the statement's WITH) and just before it on SQLite. All of them
+are written, JSON columns encoded as ``insert`` would, with a main statement that has a WITH of
+its own or not; a conflict in any of them fails the statement and the transaction keeps
+nothing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from openpse.storage.direct import direct
+from openpse.storage.tables import simulator_operations as ops
+
+_MAIN = ("INSERT INTO simulator_operations (reference, operation, amount, currency, result, "
+         "created) VALUES (:ref, 'sale', 1, 'JPY', :result, 1)")
+_MAIN_WITH = "WITH seven AS (SELECT 7 AS n) " + _MAIN.replace(
+    "1, 'JPY'", "(SELECT n FROM seven), 'JPY'")
+
+
+def _op(reference: str, amount: int) -> dict[str, Any]:
+    return {"reference": reference, "operation": "void", "amount": amount, "currency": "EUR",
+            "result": {"outcome": "captured", "n": amount}, "created": 2}
+
+
+async def _rows(services: Any, prefix: str) -> dict[str, tuple[Any, ...]]:
+    async with services.db.read() as conn:
+        got = await conn.execute(select(ops.c.reference, ops.c.operation, ops.c.amount,
+                                        ops.c.currency, ops.c.result)
+                                 .where(ops.c.reference.like(prefix + "%")))
+        return {r.reference: tuple(r)[1:] for r in got}
+
+
+@pytest.mark.parametrize("main", [_MAIN, _MAIN_WITH], ids=["plain", "with"])
+async def test_inserts_are_written_with_the_statement(services: Any, main: str) -> None:
+    p = f"ins-{uuid.uuid4().hex[:12]}-"
+    async with services.db.transaction() as tx:
+        changed = await direct(tx).execute(
+            main, {"ref": p + "main", "result": '{"outcome": "main"}'},
+            inserts=[(ops, _op(p + "a", 5)), (ops, _op(p + "b", 6))])
+    assert changed == 1  # the main statement's own count
+    assert await _rows(services, p) == {
+        p + "main": ("sale", 7 if main is _MAIN_WITH else 1, "JPY", {"outcome": "main"}),
+        p + "a": ("void", 5, "EUR", {"outcome": "captured", "n": 5}),
+        p + "b": ("void", 6, "EUR", {"outcome": "captured", "n": 6}),
+    }
+
+
+async def test_a_conflicting_insert_fails_the_statement_and_nothing_is_kept(
+        services: Any) -> None:
+    p = f"ins-{uuid.uuid4().hex[:12]}-"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(ops, _op(p + "taken", 1))
+    with pytest.raises(IntegrityError):
+        async with services.db.transaction() as tx:
+            await direct(tx).execute(_MAIN, {"ref": p + "main", "result": "{}"},
+                                     inserts=[(ops, _op(p + "new", 2)), (ops, _op(p + "taken", 3))])
+    assert set(await _rows(services, p)) == {p + "taken"}
