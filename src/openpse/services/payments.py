@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 
 from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
 from openpse.domain import cards as card_rules
@@ -134,8 +134,11 @@ def _vaulted_now(pm_id: str) -> _Vaulted | None:
     return vaulted if vaulted is not None and vaulted.pm_id == pm_id else None
 
 
-async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput) -> dict[str, Any]:
-    """Validate and store a card; returns the safe view. The number is encrypted; no CVC."""
+async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput, *,
+                     inserts: list[tuple[Table, dict[str, Any]]] | None = None
+                     ) -> dict[str, Any]:
+    """Validate and store a card; returns the safe view. The number is encrypted; no CVC.
+    With ``inserts``, its row is added there for the caller's next statement to write."""
     details = card_rules.validate_card(card.number, card.exp_month, card.exp_year, card.cvc,
                                        today=_today())
     pm_id = new_id("pm_")
@@ -144,13 +147,17 @@ async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput) -> 
                                f"{details.bin6}:{details.last4}"))
     fingerprint = svc.fingerprints.fingerprint(details.number)
     country = card_rules.card_country(details.number)
-    await direct(tx).insert(payment_methods, {
+    pm_row = {
         "id": pm_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
         "type": "card", "brand": details.brand, "last4": details.last4, "bin6": details.bin6,
         "exp_month": details.exp_month, "exp_year": details.exp_year, "country": country,
         "holder_name": card.holder_name, "fingerprint": fingerprint,
         "number_enc": svc.secrets.encrypt(details.number, context=f"pan:{pm_id}"),
-        "created": svc.now()})
+        "created": svc.now()}
+    if inserts is None:
+        await direct(tx).insert(payment_methods, pm_row)
+    else:
+        inserts.append((payment_methods, pm_row))
     return _pm_view(pm_id, details.brand, details.last4, details.exp_month, details.exp_year,
                     fingerprint, country)
 
@@ -189,10 +196,11 @@ async def _card_data(svc: Services, pm_id: str, cvc: str | None) -> CardData:
 
 async def _resolve_payment_method(
     svc: Services, tx: Tx, caller: Caller, pm: dict[str, Any] | None, card: CardInput | None,
-    *, payment: dict[str, Any],
+    *, payment: dict[str, Any], inserts: list[tuple[Table, dict[str, Any]]] | None = None,
 ) -> dict[str, Any] | None:
     """The payment's method columns for ``pm``, validated against ``payment`` (its id, amount,
-    currency, customer and capture method); None when no method was sent."""
+    currency, customer and capture method); None when no method was sent. ``inserts``: see
+    ``vault_card``."""
     if pm is None:
         return None
     kind = pm.get("type")
@@ -217,7 +225,7 @@ async def _resolve_payment_method(
         raise InvalidRequest("payment_method[card] (or a pm_ token) is required for type card",
                              code="parameter_missing", param="payment_method[card]")
     else:
-        view = await vault_card(svc, tx, caller, card)
+        view = await vault_card(svc, tx, caller, card, inserts=inserts)
     return {"payment_method": view, "payment_method_id": view["id"], "payment_method_type": "card",
             "payment_method_enc": None}
 
@@ -258,10 +266,14 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
     payment_id = new_id("pay_")
     caller.plan_resource(payment_id)
     async with svc.db.transaction() as tx:
+        # The card's row and the payment's are written with the payment.created event: one
+        # statement (one round trip) on PostgreSQL.
+        inserts: list[tuple[Table, dict[str, Any]]] = []
         pm_cols = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card,
                                                 payment={**p, "id": payment_id, "amount": amount,
                                                          "currency": currency,
-                                                         "capture_method": capture_method})
+                                                         "capture_method": capture_method},
+                                                inserts=inserts)
         pm_view = pm_cols["payment_method"] if pm_cols else None
         row = {
             "id": payment_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
@@ -284,10 +296,10 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
             "captured_at": None, "canceled_at": None, "created": now, "updated": now,
             "version": 1,
         }
-        await direct(tx).insert(payments, row)
+        inserts.append((payments, row))
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="payment.created",
-                           obj=payment_view(row), previous=None, now=now)
+                           obj=payment_view(row), previous=None, now=now, inserts=inserts)
         await _recovery_point(tx, caller, payment_id)
         # With a method, confirmation's first step commits with the creation (one
         # transaction fewer); a crash after it resumes from ``processing`` like any confirm.
@@ -340,8 +352,10 @@ async def get_payment(svc: Services, caller: Caller, payment_id: str) -> dict[st
 async def change_status(
     tx: Tx, caller: Caller | None, row: dict[str, Any], new_status: str, values: dict[str, Any],
     *, now: int, action: str, event_type: str | None = "default",
+    inserts: list[tuple[Table, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """The one way a payment's status changes: check the table, write, emit the event."""
+    """The one way a payment's status changes: check the table, write, emit the event.
+    ``inserts``: rows of other tables written with the event (one round trip on PostgreSQL)."""
     if new_status != row["status"]:
         assert_transition(row["id"], row["status"], new_status, action=action)
     before = payment_view(row)
@@ -353,7 +367,11 @@ async def change_status(
         after = payment_view(new)
         await record_event(tx, caller=caller, merchant_id=row["merchant_id"],
                            livemode=bool(row["livemode"]), type=etype, obj=after,
-                           previous=changed_fields(before, after), now=now)
+                           previous=changed_fields(before, after), now=now,
+                           inserts=inserts or ())
+    else:
+        for table, extra in inserts or ():
+            await direct(tx).insert(table, extra)
     return new
 
 
@@ -364,13 +382,19 @@ async def _lock(tx: Tx, caller: Caller, payment_id: str) -> dict[str, Any]:
 
 async def _new_attempt(tx: Tx, row: dict[str, Any], operation: str, amount: int, now: int,
                        *, refund_id: str | None = None, raw: dict[str, Any] | None = None) -> str:
-    attempt_id = new_id("att_")
-    await direct(tx).insert(payment_attempts, {
-        "id": attempt_id, "payment_id": row["id"], "refund_id": refund_id,
-        "operation": operation, "connector": row["connector"] or DEFAULT_CONNECTOR,
-        "amount": amount, "currency": row["currency"], "status": "pending", "raw": raw,
-        "created": now, "updated": now})
-    return attempt_id
+    attempt = _attempt_row(row, operation, amount, now, refund_id=refund_id, raw=raw)
+    await direct(tx).insert(payment_attempts, attempt)
+    return str(attempt["id"])
+
+
+def _attempt_row(row: dict[str, Any], operation: str, amount: int, now: int, *,
+                 refund_id: str | None = None, raw: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """A new pending attempt's row (``payment_attempts``)."""
+    return {"id": new_id("att_"), "payment_id": row["id"], "refund_id": refund_id,
+            "operation": operation, "connector": row["connector"] or DEFAULT_CONNECTOR,
+            "amount": amount, "currency": row["currency"], "status": "pending", "raw": raw,
+            "created": now, "updated": now}
 
 
 async def _pending_attempt(tx: Tx, payment_id: str, operations: tuple[str, ...]) -> Any:
@@ -473,10 +497,11 @@ async def _begin_confirm(
         return row, ""
     if row["payment_method_type"] in local_rules.LOCAL_METHODS:
         return await _issue_local(svc, tx, caller, row, now), ""
-    attempt_id = await _new_attempt(tx, row, "authorize", row["amount"], now)
+    attempt = _attempt_row(row, "authorize", row["amount"], now)
     row = await change_status(tx, caller, row, Status.PROCESSING,
-                              {"connector": DEFAULT_CONNECTOR}, now=now, action="confirm")
-    return row, attempt_id
+                              {"connector": DEFAULT_CONNECTOR}, now=now, action="confirm",
+                              inserts=[(payment_attempts, attempt)])
+    return row, str(attempt["id"])
 
 
 async def _finish_confirm(svc: Services, caller: Caller, row: dict[str, Any], attempt_id: str,
