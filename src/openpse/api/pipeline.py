@@ -36,7 +36,7 @@ from openpse.api.metrics import AUTH_FAILURES, REQUEST_LATENCY, RESPONSES
 from openpse.api.ratelimit import RateLimiter
 from openpse.domain import errors as e
 from openpse.domain.ids import new_id
-from openpse.domain.redaction import redact, redact_text
+from openpse.domain.redaction import redact_json, redact_text
 from openpse.logs import get_logger
 from openpse.storage.db import Tx, first_write
 from openpse.storage.request_log import RequestLogWriter
@@ -452,8 +452,8 @@ def _redacted_json(raw: bytes) -> str | None:
     if not raw:
         return None
     try:
-        text = orjson.dumps(redact(orjson.loads(raw))).decode()
-    except Exception:
+        text = redact_json(raw)
+    except ValueError:
         # Not JSON: a CVC in free text cannot be told from any other number, so none is kept.
         return f"[{len(raw)} bytes, not JSON: not stored]"
     return text[:LOGGED_BODY_CAP_BYTES]
