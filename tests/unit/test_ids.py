@@ -20,3 +20,18 @@ def test_shape_and_prefix():
     value = new_id("ak_test_")
     assert value.startswith("ak_test_") and len(value) == len("ak_test_") + 26
     assert prefix_of(value) == "ak_test_"
+
+
+def test_encoding_is_crockford_base32_of_the_value_most_significant_first():
+    import random
+
+    from openpse.domain import ids
+
+    rng = random.Random(7)
+    for length in (1, 2, 10, 25, 26):
+        for value in [0, (1 << (5 * length)) - 1, *(rng.getrandbits(5 * length)
+                                                      for _ in range(200))]:
+            expected = "".join(ids._ALPHABET[(value >> (5 * (length - 1 - i))) & 31]
+                               for i in range(length))
+            assert ids._encode(value, length) == expected
+    assert ids._encode(1 << 130, 26) == "0" * 26  # bits above the length are not digits

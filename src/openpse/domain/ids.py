@@ -7,7 +7,6 @@ B-tree inserts local and gives cursor pagination a stable order.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import threading
 import time
@@ -37,16 +36,19 @@ PREFIXES = {
 }
 
 
-_FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+# Two digits per lookup: an id's 26 digits are 13 lookups and a join.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_PAIR_SHIFTS: dict[int, range] = {}
 
 
 def _encode(value: int, length: int) -> str:
-    """``value`` as ``length`` Crockford base32 digits, most significant first (base64's C
-    base32 encoder does the 5-bit grouping; only the alphabet differs)."""
-    nbytes = (length * 5 + 7) // 8
-    pad = nbytes * 8 - length * 5
-    text = base64.b32encode((value << pad).to_bytes(nbytes, "big")).decode("ascii")
-    return text[:length].translate(_FROM_RFC4648)
+    """The low ``length * 5`` bits of ``value`` as ``length`` Crockford base32 digits, most
+    significant first."""
+    shifts = _PAIR_SHIFTS.get(length)
+    if shifts is None:
+        shifts = _PAIR_SHIFTS[length] = range((length - length % 2) * 5 - 10, -1, -10)
+    head = _ALPHABET[(value >> (length * 5 - 5)) & 31] if length % 2 else ""
+    return head + "".join([_PAIRS[(value >> s) & 1023] for s in shifts])
 
 
 _last_value = 0
