@@ -676,23 +676,25 @@ async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: di
                            result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
     m, cur, amt = row["merchant_id"], row["currency"], row["amount"]
     ref = result.connector_reference
+    journal: list[tuple[Table, dict[str, Any]]] = []  # written with the status change's event
     if result.outcome == Outcome.CAPTURED:
         pricing, clock = await merchant_terms(svc, tx, row)
         fee = ledger.fee_for(pricing, "card", cur, amt)
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
                            reference_id=row["id"], entries=ledger.capture(m, cur, amt, fee,
-                                                                          held=False), now=now)
+                                                                          held=False), now=now,
+                           inserts=journal)
         new = await change_status(tx, caller, row, Status.SUCCEEDED, {
             "amount_received": amt, "amount_capturable": 0, "fee": fee,
             "connector_reference": ref, "captured_at": clock, "next_action": None}, now=now,
-            action="capture")
+            action="capture", inserts=journal)
     elif result.outcome == Outcome.AUTHORIZED:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]),
                            kind="authorization", reference_id=row["id"],
-                           entries=ledger.authorization(m, cur, amt), now=now)
+                           entries=ledger.authorization(m, cur, amt), now=now, inserts=journal)
         new = await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
             "amount_capturable": amt, "connector_reference": ref, "next_action": None},
-            now=now, action="authorize")
+            now=now, action="authorize", inserts=journal)
     elif result.outcome == Outcome.REQUIRES_ACTION:
         url = svc.public_url(caller, f"/sandbox/3ds/{row['id']}?token={svc.page_token(row['id'])}")
         new = await change_status(tx, caller, row, Status.REQUIRES_ACTION, {
@@ -722,11 +724,12 @@ async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict
     entries = ledger.capture(m, cur, amount, fee, held=True)
     if held > amount:
         entries += ledger.release(m, cur, held - amount)
+    journal: list[tuple[Table, dict[str, Any]]] = []  # written with the status change's event
     await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
-                       reference_id=row["id"], entries=entries, now=now)
+                       reference_id=row["id"], entries=entries, now=now, inserts=journal)
     new = await change_status(tx, caller, row, Status.SUCCEEDED, {
         "amount_received": amount, "amount_capturable": 0, "fee": fee, "captured_at": clock},
-        now=now, action="capture")
+        now=now, action="capture", inserts=journal)
     await _after_payment_change(tx, caller, new, now)
     return new
 

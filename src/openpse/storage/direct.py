@@ -107,26 +107,47 @@ def _encode(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
 _STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], str] = {}
 
 
-def _insert_sql(table: Table, cols: tuple[str, ...], prefix: str = "") -> str:
-    key = ("insert", table.name, cols, (prefix,))
+def _insert_sql(table: Table, cols: tuple[str, ...]) -> str:
+    key = ("insert", table.name, cols, ())
     sql = _STATEMENTS.get(key)
     if sql is None:
         names = ", ".join(f'"{c}"' for c in cols)
         sql = _STATEMENTS[key] = (f"INSERT INTO {table.name} ({names}) VALUES "
-                                  f"({', '.join(':' + prefix + c for c in cols)})")
+                                  f"({', '.join(':' + c for c in cols)})")
     return sql
 
 
 def _with_inserts(sql: str, params: Mapping[str, Any], inserts: Inserts
                   ) -> tuple[str, dict[str, Any]]:
-    """``sql`` with each of ``inserts`` as an ``INSERT`` in its ``WITH`` (PostgreSQL)."""
-    ctes, merged = [], dict(params)
-    for i, (table, row) in enumerate(inserts):
-        ctes.append(f"i{i} AS ({_insert_sql(table, tuple(row), f'i{i}_')})")
-        merged.update({f"i{i}_{k}": v for k, v in _encode(table, row).items()})
-    if sql.startswith("WITH "):
-        return f"WITH {', '.join(ctes)}, {sql[5:]}", merged
-    return f"WITH {', '.join(ctes)} {sql}", merged
+    """``sql`` with ``inserts`` as ``INSERT``s in its ``WITH`` (PostgreSQL): rows that follow
+    each other into the same table and columns share one multi-row INSERT, written in order."""
+    groups: list[tuple[Table, tuple[str, ...], list[Mapping[str, Any]]]] = []
+    for table, row in inserts:
+        cols = tuple(row)
+        if groups and groups[-1][0] is table and groups[-1][1] == cols:
+            groups[-1][2].append(row)
+        else:
+            groups.append((table, cols, [row]))
+    merged = dict(params)
+    for g, (table, _, rows) in enumerate(groups):
+        for r, row in enumerate(rows):
+            merged.update({f"i{g}_{r}_{k}": v for k, v in _encode(table, row).items()})
+    shape = (sql, tuple((table.name, cols, len(rows)) for table, cols, rows in groups))
+    found = _WITH_INSERTS.get(shape)
+    if found is None:
+        ctes = []
+        for g, (table, cols, rows) in enumerate(groups):
+            values = ", ".join("(" + ", ".join(f":i{g}_{r}_{c}" for c in cols) + ")"
+                               for r in range(len(rows)))
+            names = ", ".join(f'"{c}"' for c in cols)
+            ctes.append(f"i{g} AS (INSERT INTO {table.name} ({names}) VALUES {values})")
+        found = _WITH_INSERTS[shape] = (f"WITH {', '.join(ctes)}, {sql[5:]}"
+                                        if sql.startswith("WITH ") else
+                                        f"WITH {', '.join(ctes)} {sql}")
+    return found, merged
+
+
+_WITH_INSERTS: dict[tuple[str, tuple[tuple[str, tuple[str, ...], int], ...]], str] = {}
 
 
 def _update_sql(table: Table, cols: tuple[str, ...], where: tuple[str, ...]) -> str:
