@@ -15,6 +15,7 @@ the lock over with a compare-and-set and resumes from the row's recovery point
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -43,8 +44,11 @@ def _context(record_id: int) -> str:
     return f"idempotency_response:{record_id}"
 
 
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
+
+
 def validate_key(key: str) -> str:
-    if not (1 <= len(key) <= MAX_KEY_LENGTH) or not all(0x20 < ord(c) < 0x7F for c in key):
+    if len(key) > MAX_KEY_LENGTH or _KEY_CHARS.fullmatch(key) is None:
         raise InvalidRequest(
             "Idempotency-Key must be 1-255 printable ASCII characters (a UUID is a good choice)",
             code="idempotency_key_invalid",
