@@ -15,7 +15,7 @@ import orjson
 from openpse.domain.ids import new_id
 from openpse.services.context import Caller
 from openpse.storage.db import Tx
-from openpse.storage.direct import Inserts
+from openpse.storage.direct import Writes
 from openpse.storage.rows import rfc3339
 from openpse.webhooks.outbox import write_event
 
@@ -32,10 +32,10 @@ def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
 
 async def record_event(
     tx: Tx, *, caller: Caller | None, merchant_id: str, livemode: bool, type: str,
-    obj: dict[str, Any], previous: dict[str, Any] | None, now: int, inserts: Inserts = (),
+    obj: dict[str, Any], previous: dict[str, Any] | None, now: int, writes: Writes = (),
 ) -> dict[str, Any]:
-    """Write the event and its deliveries; ``inserts`` are rows written in the same statement
-    (the object's own row, say: one round trip for both on PostgreSQL)."""
+    """Write the event and its deliveries; ``writes`` are made in the same statement (the
+    object's own row, say: one round trip for both on PostgreSQL; ``Direct.execute``)."""
     event_id = new_id("evt_")
     event = {
         "id": event_id,
@@ -52,5 +52,5 @@ async def record_event(
     await write_event(tx, {
         "id": event_id, "merchant_id": merchant_id, "livemode": livemode, "type": type,
         "object_id": obj["id"], "payload": orjson.dumps(event).decode(), "created": now},
-        now_s=int(time.time()), inserts=inserts)
+        now_s=int(time.time()), writes=writes)
     return event

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, insert, select
+from sqlalchemy import insert, select
 
 from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
 from openpse.domain import cards as card_rules
@@ -45,7 +45,7 @@ from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
-from openpse.storage.direct import decode, direct
+from openpse.storage.direct import Write, decode, direct
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import load_scoped, update_versioned
 from openpse.storage.tables import (
@@ -135,10 +135,10 @@ def _vaulted_now(pm_id: str) -> _Vaulted | None:
 
 
 async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput, *,
-                     inserts: list[tuple[Table, dict[str, Any]]] | None = None
+                     writes: list[Write] | None = None
                      ) -> dict[str, Any]:
     """Validate and store a card; returns the safe view. The number is encrypted; no CVC.
-    With ``inserts``, its row is added there for the caller's next statement to write."""
+    With ``writes``, its row is added there for the caller's next statement to write."""
     details = card_rules.validate_card(card.number, card.exp_month, card.exp_year, card.cvc,
                                        today=_today())
     pm_id = new_id("pm_")
@@ -154,10 +154,10 @@ async def vault_card(svc: Services, tx: Tx, caller: Caller, card: CardInput, *,
         "holder_name": card.holder_name, "fingerprint": fingerprint,
         "number_enc": svc.secrets.encrypt(details.number, context=f"pan:{pm_id}"),
         "created": svc.now()}
-    if inserts is None:
+    if writes is None:
         await direct(tx).insert(payment_methods, pm_row)
     else:
-        inserts.append((payment_methods, pm_row))
+        writes.append((payment_methods, pm_row))
     return _pm_view(pm_id, details.brand, details.last4, details.exp_month, details.exp_year,
                     fingerprint, country)
 
@@ -196,10 +196,10 @@ async def _card_data(svc: Services, pm_id: str, cvc: str | None) -> CardData:
 
 async def _resolve_payment_method(
     svc: Services, tx: Tx, caller: Caller, pm: dict[str, Any] | None, card: CardInput | None,
-    *, payment: dict[str, Any], inserts: list[tuple[Table, dict[str, Any]]] | None = None,
+    *, payment: dict[str, Any], writes: list[Write] | None = None,
 ) -> dict[str, Any] | None:
     """The payment's method columns for ``pm``, validated against ``payment`` (its id, amount,
-    currency, customer and capture method); None when no method was sent. ``inserts``: see
+    currency, customer and capture method); None when no method was sent. ``writes``: see
     ``vault_card``."""
     if pm is None:
         return None
@@ -225,7 +225,7 @@ async def _resolve_payment_method(
         raise InvalidRequest("payment_method[card] (or a pm_ token) is required for type card",
                              code="parameter_missing", param="payment_method[card]")
     else:
-        view = await vault_card(svc, tx, caller, card, inserts=inserts)
+        view = await vault_card(svc, tx, caller, card, writes=writes)
     return {"payment_method": view, "payment_method_id": view["id"], "payment_method_type": "card",
             "payment_method_enc": None}
 
@@ -268,12 +268,12 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
     async with svc.db.transaction() as tx:
         # The card's row and the payment's are written with the payment.created event: one
         # statement (one round trip) on PostgreSQL.
-        inserts: list[tuple[Table, dict[str, Any]]] = []
+        writes: list[Write] = []
         pm_cols = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card,
                                                 payment={**p, "id": payment_id, "amount": amount,
                                                          "currency": currency,
                                                          "capture_method": capture_method},
-                                                inserts=inserts)
+                                                writes=writes)
         pm_view = pm_cols["payment_method"] if pm_cols else None
         row = {
             "id": payment_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
@@ -296,10 +296,10 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
             "captured_at": None, "canceled_at": None, "created": now, "updated": now,
             "version": 1,
         }
-        inserts.append((payments, row))
+        writes.append((payments, row))
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="payment.created",
-                           obj=payment_view(row), previous=None, now=now, inserts=inserts)
+                           obj=payment_view(row), previous=None, now=now, writes=writes)
         await _recovery_point(tx, caller, payment_id)
         # With a method, confirmation's first step commits with the creation (one
         # transaction fewer); a crash after it resumes from ``processing`` like any confirm.
@@ -352,10 +352,10 @@ async def get_payment(svc: Services, caller: Caller, payment_id: str) -> dict[st
 async def change_status(
     tx: Tx, caller: Caller | None, row: dict[str, Any], new_status: str, values: dict[str, Any],
     *, now: int, action: str, event_type: str | None = "default",
-    inserts: list[tuple[Table, dict[str, Any]]] | None = None,
+    writes: list[Write] | None = None,
 ) -> dict[str, Any]:
     """The one way a payment's status changes: check the table, write, emit the event.
-    ``inserts``: rows of other tables written with the event (one round trip on PostgreSQL)."""
+    ``writes``: rows of other tables written with the event (one round trip on PostgreSQL)."""
     if new_status != row["status"]:
         assert_transition(row["id"], row["status"], new_status, action=action)
     before = payment_view(row)
@@ -368,10 +368,10 @@ async def change_status(
         await record_event(tx, caller=caller, merchant_id=row["merchant_id"],
                            livemode=bool(row["livemode"]), type=etype, obj=after,
                            previous=changed_fields(before, after), now=now,
-                           inserts=inserts or ())
+                           writes=writes or ())
     else:
-        for table, extra in inserts or ():
-            await direct(tx).insert(table, extra)
+        for w in writes or ():
+            await direct(tx).write(w)
     return new
 
 
@@ -500,7 +500,7 @@ async def _begin_confirm(
     attempt = _attempt_row(row, "authorize", row["amount"], now)
     row = await change_status(tx, caller, row, Status.PROCESSING,
                               {"connector": DEFAULT_CONNECTOR}, now=now, action="confirm",
-                              inserts=[(payment_attempts, attempt)])
+                              writes=[(payment_attempts, attempt)])
     return row, str(attempt["id"])
 
 
@@ -637,7 +637,9 @@ async def apply_result(
         row, attempt = await _lock_with_attempt(tx, scope, payment_id, attempt_id)
         if attempt is None or attempt.status != "pending":
             return row  # already applied (a retry raced us): nothing to do twice
-        await _finish_attempt(tx, attempt_id, result, now)
+        finished = _finished_attempt(attempt_id, result, now)
+        if result.outcome == Outcome.PENDING or row["status"] != Status.PROCESSING:
+            await direct(tx).write(finished)
         if result.outcome == Outcome.PENDING:
             return row
         if row["status"] != Status.PROCESSING:
@@ -645,19 +647,21 @@ async def apply_result(
                 "attempt": attempt_id, "operation": operation, "outcome": result.outcome,
                 "status_at_arrival": row["status"]}, now)
             return row
-        handler = _APPLY[operation]
-        new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now)
+        handler = _APPLY[operation]  # the attempt's update rides with the status change
+        new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now,
+                                            [finished])
         if (respond_status is not None and caller is not None and caller.respond is not None
                 and new["status"] != Status.FAILED):
             await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)))
         return new
 
 
-async def _finish_attempt(tx: Tx, attempt_id: str, result: ConnectorResult, now: int) -> None:
+def _finished_attempt(attempt_id: str, result: ConnectorResult, now: int) -> Write:
+    """The attempt's update for the acquirer's answer (a ``Direct`` write)."""
     status = {Outcome.PENDING: "pending", Outcome.REQUIRES_ACTION: "action_required",
               Outcome.DECLINED: "failed", Outcome.ERROR: "failed",
               Outcome.FAILED: "failed"}.get(result.outcome, "succeeded")
-    await direct(tx).update(payment_attempts, {
+    return (payment_attempts, {
         "status": status, "connector_reference": result.connector_reference,
         "error_code": result.decline_code, "updated": now,
         "raw": {"outcome": result.outcome, **(result.raw or {})}}, {"id": attempt_id})
@@ -672,51 +676,56 @@ async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any
     return review_id
 
 
+# The handlers of an answer: ``writes`` (the attempt's update, then the journal's rows) are made
+# in the status change's statement.
 async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
-                           result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
+                           result: ConnectorResult, attempt: Any, now: int,
+                           writes: list[Write]) -> dict[str, Any]:
     m, cur, amt = row["merchant_id"], row["currency"], row["amount"]
     ref = result.connector_reference
-    journal: list[tuple[Table, dict[str, Any]]] = []  # written with the status change's event
     if result.outcome == Outcome.CAPTURED:
         pricing, clock = await merchant_terms(svc, tx, row)
         fee = ledger.fee_for(pricing, "card", cur, amt)
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
                            reference_id=row["id"], entries=ledger.capture(m, cur, amt, fee,
                                                                           held=False), now=now,
-                           inserts=journal)
+                           writes=writes)
         new = await change_status(tx, caller, row, Status.SUCCEEDED, {
             "amount_received": amt, "amount_capturable": 0, "fee": fee,
             "connector_reference": ref, "captured_at": clock, "next_action": None}, now=now,
-            action="capture", inserts=journal)
+            action="capture", writes=writes)
     elif result.outcome == Outcome.AUTHORIZED:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]),
                            kind="authorization", reference_id=row["id"],
-                           entries=ledger.authorization(m, cur, amt), now=now, inserts=journal)
+                           entries=ledger.authorization(m, cur, amt), now=now, writes=writes)
         new = await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
             "amount_capturable": amt, "connector_reference": ref, "next_action": None},
-            now=now, action="authorize", inserts=journal)
+            now=now, action="authorize", writes=writes)
     elif result.outcome == Outcome.REQUIRES_ACTION:
         url = svc.public_url(caller, f"/sandbox/3ds/{row['id']}?token={svc.page_token(row['id'])}")
         new = await change_status(tx, caller, row, Status.REQUIRES_ACTION, {
             "connector_reference": ref,
             "next_action": {"type": "redirect_to_url", "url": url,
-                            "return_url": row["return_url"]}}, now=now, action="authenticate")
+                            "return_url": row["return_url"]}}, now=now, action="authenticate",
+            writes=writes)
     else:  # declined, or an acquirer fault
         new = await change_status(tx, caller, row, Status.FAILED, {
             "failure_code": result.decline_code or "processing_error",
             "failure_message": result.message or "The acquirer could not process the card.",
-            "connector_reference": ref, "next_action": None}, now=now, action="fail")
+            "connector_reference": ref, "next_action": None}, now=now, action="fail",
+            writes=writes)
     await _after_payment_change(tx, caller, new, now)
     return new
 
 
 async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
-                         result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
+                         result: ConnectorResult, attempt: Any, now: int,
+                         writes: list[Write]) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.CAPTURED:  # capture refused: the hold stays, capture again
         return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
             "failure_code": result.decline_code, "failure_message": result.message}, now=now,
-            action="capture", event_type="payment.capture_failed")
+            action="capture", event_type="payment.capture_failed", writes=writes)
     amount = int(attempt.amount)
     held = row["amount_capturable"]
     pricing, clock = await merchant_terms(svc, tx, row)
@@ -724,30 +733,31 @@ async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict
     entries = ledger.capture(m, cur, amount, fee, held=True)
     if held > amount:
         entries += ledger.release(m, cur, held - amount)
-    journal: list[tuple[Table, dict[str, Any]]] = []  # written with the status change's event
     await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
-                       reference_id=row["id"], entries=entries, now=now, inserts=journal)
+                       reference_id=row["id"], entries=entries, now=now, writes=writes)
     new = await change_status(tx, caller, row, Status.SUCCEEDED, {
         "amount_received": amount, "amount_capturable": 0, "fee": fee, "captured_at": clock},
-        now=now, action="capture", inserts=journal)
+        now=now, action="capture", writes=writes)
     await _after_payment_change(tx, caller, new, now)
     return new
 
 
 async def _apply_void(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
-                      result: ConnectorResult, attempt: Any, now: int) -> dict[str, Any]:
+                      result: ConnectorResult, attempt: Any, now: int,
+                      writes: list[Write]) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.SUCCEEDED:
         return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {}, now=now,
-                                   action="cancel", event_type=None)
+                                   action="cancel", event_type=None, writes=writes)
     if row["amount_capturable"]:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="release",
                            reference_id=row["id"],
-                           entries=ledger.release(m, cur, row["amount_capturable"]), now=now)
+                           entries=ledger.release(m, cur, row["amount_capturable"]), now=now,
+                           writes=writes)
     reason = (attempt.raw or {}).get("cancellation_reason")
     new = await change_status(tx, caller, row, Status.CANCELED, {
         "amount_capturable": 0, "cancellation_reason": reason, "canceled_at": now,
-        "next_action": None}, now=now, action="cancel")
+        "next_action": None}, now=now, action="cancel", writes=writes)
     await _after_payment_change(tx, caller, new, now)
     return new
 

@@ -12,10 +12,11 @@ dicts with JSON columns decoded and booleans as ``bool`` when the table is named
 SQLAlchemy would return them. A unique-key violation raises SQLAlchemy's ``IntegrityError``, so
 callers handle both paths the same way.
 
-``execute(..., inserts=[(table, row), ...])`` writes rows the statement does not depend on in
-the same round trip: on PostgreSQL each becomes an ``INSERT`` in the statement's ``WITH`` (they
-run with it, in one snapshot: the statement must not read their tables; foreign keys to them
-are checked at its end), on SQLite they simply run first.
+``execute(..., writes=[...])`` makes writes the statement does not depend on in the same round
+trip: ``(table, row)`` inserts a row, ``(table, values, where)`` updates like :meth:`update`.
+On PostgreSQL each becomes an ``INSERT`` or ``UPDATE`` in the statement's ``WITH`` (they run
+with it, in one snapshot: the statement must not read their tables, nor two of them touch the
+same row; foreign keys are checked at its end); on SQLite they simply run first, in order.
 
 The schema stays SQLAlchemy's (tables.py, Alembic); only the execution is direct.
 """
@@ -33,10 +34,12 @@ from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Direct", "Inserts", "decode", "direct", "json_param"]
+__all__ = ["Direct", "Write", "Writes", "decode", "direct", "json_param"]
 
-# Rows to insert with a statement: (table, column -> value with JSON columns as Python values).
-Inserts = Sequence[tuple[Table, Mapping[str, Any]]]
+# Writes made with a statement: (table, row) inserts, (table, values, where) updates; values as
+# column -> value with JSON columns as Python values.
+Write = tuple[Table, Mapping[str, Any]] | tuple[Table, Mapping[str, Any], Mapping[str, Any]]
+Writes = Sequence[Write]
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -117,45 +120,62 @@ def _insert_sql(table: Table, cols: tuple[str, ...]) -> str:
     return sql
 
 
-def _with_inserts(sql: str, params: Mapping[str, Any], inserts: Inserts
-                  ) -> tuple[str, dict[str, Any]]:
-    """``sql`` with ``inserts`` as ``INSERT``s in its ``WITH`` (PostgreSQL): rows that follow
-    each other into the same table and columns share one multi-row INSERT, written in order."""
-    groups: list[tuple[Table, tuple[str, ...], list[Mapping[str, Any]]]] = []
-    for table, row in inserts:
-        cols = tuple(row)
-        if groups and groups[-1][0] is table and groups[-1][1] == cols:
-            groups[-1][2].append(row)
+def _update_params(table: Table, values: Mapping[str, Any], where: Mapping[str, Any],
+                   tag: str = "") -> dict[str, Any]:
+    params = {f"{tag}s_{k}": v for k, v in _encode(table, values).items()}
+    params.update({f"{tag}w_{k}": v for k, v in where.items()})
+    return params
+
+
+def _with_writes(sql: str, params: Mapping[str, Any], writes: Writes
+                 ) -> tuple[str, dict[str, Any]]:
+    """``sql`` with ``writes`` in its ``WITH`` (PostgreSQL): rows that follow each other into
+    the same table and columns share one multi-row INSERT, written in order."""
+    # (table, columns, the update's where columns or None for inserts, the writes)
+    groups: list[tuple[Table, tuple[str, ...], tuple[str, ...] | None, list[Write]]] = []
+    for w in writes:
+        cols, where = tuple(w[1]), (tuple(w[2]) if len(w) == 3 else None)
+        if (where is None and groups and groups[-1][0] is w[0] and groups[-1][1] == cols
+                and groups[-1][2] is None):
+            groups[-1][3].append(w)
         else:
-            groups.append((table, cols, [row]))
+            groups.append((w[0], cols, where, [w]))
     merged = dict(params)
-    for g, (table, _, rows) in enumerate(groups):
-        for r, row in enumerate(rows):
-            merged.update({f"i{g}_{r}_{k}": v for k, v in _encode(table, row).items()})
-    shape = (sql, tuple((table.name, cols, len(rows)) for table, cols, rows in groups))
-    found = _WITH_INSERTS.get(shape)
+    for g, (table, _, _, items) in enumerate(groups):
+        for r, w in enumerate(items):
+            if len(w) == 3:
+                merged.update(_update_params(table, w[1], w[2], f"i{g}_"))
+            else:
+                merged.update({f"i{g}_{r}_{k}": v for k, v in _encode(table, w[1]).items()})
+    key = (sql, tuple((t.name, cols, where, len(items)) for t, cols, where, items in groups))
+    found = _WITH_WRITES.get(key)
     if found is None:
         ctes = []
-        for g, (table, cols, rows) in enumerate(groups):
+        for g, (table, cols, where, items) in enumerate(groups):
+            if where is not None:
+                ctes.append(f"i{g} AS ({_update_sql(table, cols, where, f'i{g}_')})")
+                continue
             values = ", ".join("(" + ", ".join(f":i{g}_{r}_{c}" for c in cols) + ")"
-                               for r in range(len(rows)))
+                               for r in range(len(items)))
             names = ", ".join(f'"{c}"' for c in cols)
             ctes.append(f"i{g} AS (INSERT INTO {table.name} ({names}) VALUES {values})")
-        found = _WITH_INSERTS[shape] = (f"WITH {', '.join(ctes)}, {sql[5:]}"
-                                        if sql.startswith("WITH ") else
-                                        f"WITH {', '.join(ctes)} {sql}")
+        found = _WITH_WRITES[key] = (f"WITH {', '.join(ctes)}, {sql[5:]}"
+                                     if sql.startswith("WITH ") else
+                                     f"WITH {', '.join(ctes)} {sql}")
     return found, merged
 
 
-_WITH_INSERTS: dict[tuple[str, tuple[tuple[str, tuple[str, ...], int], ...]], str] = {}
+_WITH_WRITES: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...] | None, int],
+                                     ...]], str] = {}
 
 
-def _update_sql(table: Table, cols: tuple[str, ...], where: tuple[str, ...]) -> str:
-    key = ("update", table.name, cols, where)
+def _update_sql(table: Table, cols: tuple[str, ...], where: tuple[str, ...], tag: str = ""
+                ) -> str:
+    key = ("update", table.name, cols, (*where, tag))
     sql = _STATEMENTS.get(key)
     if sql is None:
-        sets = ", ".join(f'"{c}" = :s_{c}' for c in cols)
-        conds = " AND ".join(f'"{c}" = :w_{c}' for c in where)
+        sets = ", ".join(f'"{c}" = :{tag}s_{c}' for c in cols)
+        conds = " AND ".join(f'"{c}" = :{tag}w_{c}' for c in where)
         sql = _STATEMENTS[key] = f"UPDATE {table.name} SET {sets} WHERE {conds}"
     return sql
 
@@ -185,19 +205,23 @@ class Direct:
         return self._adapter._connection
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None, *,
-                      inserts: Inserts = ()) -> int:
-        """Run one statement (with ``inserts``, see the module's doc); the number of rows it
+                      writes: Writes = ()) -> int:
+        """Run one statement (with ``writes``, see the module's doc); the number of rows it
         changed."""
         try:
             if self._lite is not None:
-                for table, row in inserts:
-                    self._lite.execute(_insert_sql(table, tuple(row)), _encode(table, row))
+                for w in writes:
+                    if len(w) == 2:
+                        self._lite.execute(_insert_sql(w[0], tuple(w[1])), _encode(w[0], w[1]))
+                    else:
+                        self._lite.execute(_update_sql(w[0], tuple(w[1]), tuple(w[2])),
+                                           _update_params(w[0], w[1], w[2]))
                 before = self._lite.total_changes
                 count = self._lite.execute(sql, params or {}).rowcount
                 # sqlite3 reports -1 for a statement it does not see as DML (WITH ... INSERT)
                 return count if count >= 0 else self._lite.total_changes - before
-            if inserts:
-                sql, params = _with_inserts(sql, params or {}, inserts)
+            if writes:
+                sql, params = _with_writes(sql, params or {}, writes)
             text, names = _pg(sql)
             args = [params[n] for n in names] if params else []
             status = await (await self._pg_conn()).execute(text, *args)
@@ -240,13 +264,19 @@ class Direct:
         """Insert one row given as column -> value (JSON columns as Python values)."""
         await self.execute(_insert_sql(table, tuple(row)), _encode(table, row))
 
+    async def write(self, w: Write) -> int:
+        """One of ``writes`` on its own (an insert or an update); the rows it changed."""
+        if len(w) == 3:
+            return await self.update(w[0], w[1], w[2])
+        await self.insert(w[0], w[1])
+        return 1
+
     async def update(self, table: Table, values: Mapping[str, Any],
                      where: Mapping[str, Any]) -> int:
         """``UPDATE table SET values WHERE`` every ``where`` column equals its value; the
         number of rows changed."""
-        params = {f"s_{k}": v for k, v in _encode(table, values).items()}
-        params.update({f"w_{k}": v for k, v in where.items()})
-        return await self.execute(_update_sql(table, tuple(values), tuple(where)), params)
+        return await self.execute(_update_sql(table, tuple(values), tuple(where)),
+                                  _update_params(table, values, where))
 
 
 _KEY = "openpse_direct"

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Table, and_, insert, select
+from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
 from openpse.storage.db import TX_SCOPED_INFO, Tx, before_commit
-from openpse.storage.direct import direct
+from openpse.storage.direct import Write, direct
 from openpse.storage.tables import journals, ledger_accounts, postings
 
 __all__ = ["balances_for", "post_journal"]
@@ -84,10 +84,10 @@ async def post_journal(
     reference_id: str,
     entries: list[Posting],
     now: int,
-    inserts: list[tuple[Table, dict[str, Any]]] | None = None,
+    writes: list[Write] | None = None,
 ) -> str:
     """Write one balanced journal. Raises before writing anything if it does not balance.
-    With ``inserts``, its rows are added there for the caller's next statement to write
+    With ``writes``, its rows are added there for the caller's next statement to write
     (``Direct.execute``); the balances change at commit either way."""
     check_balanced(entries)
     journal_id = new_id("jnl_")
@@ -100,9 +100,9 @@ async def post_journal(
         deltas[acct] += p.amount
         accounts.append(acct)
     d = direct(tx)
-    if inserts is not None:
-        inserts.append((journals, journal))
-        inserts.extend((postings, {"journal_id": journal_id, "account_id": acct,
+    if writes is not None:
+        writes.append((journals, journal))
+        writes.extend((postings, {"journal_id": journal_id, "account_id": acct,
                                    "currency": p.currency, "amount": p.amount})
                        for acct, p in zip(accounts, entries, strict=True))
     elif d.is_sqlite:

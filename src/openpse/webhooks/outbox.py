@@ -33,7 +33,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 
 from openpse.domain.ids import PREFIXES, new_id
 from openpse.storage.db import TX_SCOPED_INFO, Tx
-from openpse.storage.direct import Inserts, direct
+from openpse.storage.direct import Writes, direct
 from openpse.storage.tables import events, webhook_attempts, webhook_deliveries, webhook_endpoints
 from openpse.webhooks.schedule import (
     MAX_ATTEMPTS,
@@ -107,7 +107,7 @@ async def enqueue(
     return rows
 
 
-async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int, inserts: Inserts = ()
+async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int, writes: Writes = ()
                       ) -> None:
     """Insert an ``events`` row (its columns in ``row``) and a pending delivery per enabled
     endpoint subscribed to its type, in the caller's transaction.
@@ -115,18 +115,18 @@ async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int, inserts: Inser
     PostgreSQL: one statement (the event's INSERT in a WITH, the deliveries made by
     ``INSERT ... SELECT`` from the endpoints), one round trip whether or not the merchant has
     endpoints. SQLite (no round trips): the event's INSERT, then :func:`enqueue_for_event`.
-    ``inserts``: rows written with the event, in the same statement (``Direct.execute``).
+    ``writes``: made with the event, in the same statement (``Direct.execute``).
     A delivery id there is the milliseconds of ``new_id`` and 64 random bits from the server.
     """
     d = direct(tx)
     if d.is_sqlite:
-        await d.execute(_INSERT_EVENT, row, inserts=inserts)
+        await d.execute(_INSERT_EVENT, row, writes=writes)
         await enqueue_for_event(tx, row["type"], row["id"], merchant_id=row["merchant_id"],
                                 livemode=bool(row["livemode"]), now_s=now_s)
         return
     await d.execute(_INSERT_EVENT_WITH_DELIVERIES, {
         **row, "etype": row["type"], "now": now_s, "n": MAX_ENDPOINTS_PER_EVENT,
-        "id_head": PREFIXES["delivery"] + new_id("")[:10]}, inserts=inserts)
+        "id_head": PREFIXES["delivery"] + new_id("")[:10]}, writes=writes)
 
 
 _INSERT_EVENT = ("INSERT INTO events (id, merchant_id, livemode, type, object_id, payload, created)"

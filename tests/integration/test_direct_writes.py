@@ -1,8 +1,8 @@
-"""``Direct.execute(..., inserts=...)``: rows written with a statement, in one round trip on
-PostgreSQL (each an INSERT in the statement's WITH) and just before it on SQLite. All of them
-are written, JSON columns encoded as ``insert`` would, with a main statement that has a WITH of
-its own or not; a conflict in any of them fails the statement and the transaction keeps
-nothing."""
+"""``Direct.execute(..., writes=...)``: inserts and updates made with a statement, in one round
+trip on PostgreSQL (each in the statement's WITH) and just before it on SQLite. All of them are
+made, JSON columns encoded as ``insert`` / ``update`` would, with a main statement that has a
+WITH of its own or not; a conflict in any of them fails the statement and the transaction
+keeps nothing."""
 
 from __future__ import annotations
 
@@ -36,17 +36,22 @@ async def _rows(services: Any, prefix: str) -> dict[str, tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("main", [_MAIN, _MAIN_WITH], ids=["plain", "with"])
-async def test_inserts_are_written_with_the_statement(services: Any, main: str) -> None:
+async def test_writes_are_made_with_the_statement(services: Any, main: str) -> None:
     p = f"ins-{uuid.uuid4().hex[:12]}-"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(ops, _op(p + "old", 1))
     async with services.db.transaction() as tx:
         changed = await direct(tx).execute(
             main, {"ref": p + "main", "result": '{"outcome": "main"}'},
-            inserts=[(ops, _op(p + "a", 5)), (ops, _op(p + "b", 6))])
+            writes=[(ops, _op(p + "a", 5)), (ops, _op(p + "b", 6)),
+                    (ops, {"amount": 9, "result": {"outcome": "updated"}},
+                     {"reference": p + "old"})])
     assert changed == 1  # the main statement's own count
     assert await _rows(services, p) == {
         p + "main": ("sale", 7 if main is _MAIN_WITH else 1, "JPY", {"outcome": "main"}),
         p + "a": ("void", 5, "EUR", {"outcome": "captured", "n": 5}),
         p + "b": ("void", 6, "EUR", {"outcome": "captured", "n": 6}),
+        p + "old": ("void", 9, "EUR", {"outcome": "updated"}),
     }
 
 
@@ -58,5 +63,5 @@ async def test_a_conflicting_insert_fails_the_statement_and_nothing_is_kept(
     with pytest.raises(IntegrityError):
         async with services.db.transaction() as tx:
             await direct(tx).execute(_MAIN, {"ref": p + "main", "result": "{}"},
-                                     inserts=[(ops, _op(p + "new", 2)), (ops, _op(p + "taken", 3))])
+                                     writes=[(ops, _op(p + "new", 2)), (ops, _op(p + "taken", 3))])
     assert set(await _rows(services, p)) == {p + "taken"}
