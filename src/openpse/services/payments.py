@@ -355,7 +355,7 @@ async def change_status(
     writes: list[Write] | None = None,
 ) -> dict[str, Any]:
     """The one way a payment's status changes: check the table, write, emit the event.
-    ``writes``: rows of other tables written with the event (one round trip on PostgreSQL)."""
+    ``writes``: writes of other tables made with the event (one round trip on PostgreSQL)."""
     if new_status != row["status"]:
         assert_transition(row["id"], row["status"], new_status, action=action)
     before = payment_view(row)

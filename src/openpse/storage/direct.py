@@ -127,6 +127,13 @@ def _update_params(table: Table, values: Mapping[str, Any], where: Mapping[str, 
     return params
 
 
+def _statement(w: Write) -> tuple[str, dict[str, Any]]:
+    """One write as a statement of its own and its parameters."""
+    if len(w) == 3:
+        return _update_sql(w[0], tuple(w[1]), tuple(w[2])), _update_params(w[0], w[1], w[2])
+    return _insert_sql(w[0], tuple(w[1])), _encode(w[0], w[1])
+
+
 def _with_writes(sql: str, params: Mapping[str, Any], writes: Writes
                  ) -> tuple[str, dict[str, Any]]:
     """``sql`` with ``writes`` in its ``WITH`` (PostgreSQL): rows that follow each other into
@@ -211,11 +218,7 @@ class Direct:
         try:
             if self._lite is not None:
                 for w in writes:
-                    if len(w) == 2:
-                        self._lite.execute(_insert_sql(w[0], tuple(w[1])), _encode(w[0], w[1]))
-                    else:
-                        self._lite.execute(_update_sql(w[0], tuple(w[1]), tuple(w[2])),
-                                           _update_params(w[0], w[1], w[2]))
+                    self._lite.execute(*_statement(w))
                 before = self._lite.total_changes
                 count = self._lite.execute(sql, params or {}).rowcount
                 # sqlite3 reports -1 for a statement it does not see as DML (WITH ... INSERT)
@@ -262,21 +265,17 @@ class Direct:
 
     async def insert(self, table: Table, row: Mapping[str, Any]) -> None:
         """Insert one row given as column -> value (JSON columns as Python values)."""
-        await self.execute(_insert_sql(table, tuple(row)), _encode(table, row))
+        await self.write((table, row))
 
     async def write(self, w: Write) -> int:
         """One of ``writes`` on its own (an insert or an update); the rows it changed."""
-        if len(w) == 3:
-            return await self.update(w[0], w[1], w[2])
-        await self.insert(w[0], w[1])
-        return 1
+        return await self.execute(*_statement(w))
 
     async def update(self, table: Table, values: Mapping[str, Any],
                      where: Mapping[str, Any]) -> int:
         """``UPDATE table SET values WHERE`` every ``where`` column equals its value; the
         number of rows changed."""
-        return await self.execute(_update_sql(table, tuple(values), tuple(where)),
-                                  _update_params(table, values, where))
+        return await self.write((table, values, where))
 
 
 _KEY = "openpse_direct"
