@@ -134,7 +134,8 @@ async def test_an_event_is_queued_once_for_each_enabled_endpoint_subscribed_to_i
     ``*``; no disabled endpoint, no other merchant's."""
     with Receiver() as r:
         every = await endpoint(hooks, caller, r.url("/every"))
-        paid = await endpoint(hooks, caller, r.url("/paid"), ["payment.succeeded", "payment.refunded"])
+        paid = await endpoint(hooks, caller, r.url("/paid"),
+                              ["payment.succeeded", "payment.refunded"])
         await endpoint(hooks, caller, r.url("/refunds"), ["refund.succeeded"])
         off = await endpoint(hooks, caller, r.url("/off"))
         await we.update_endpoint(hooks, caller, off["id"], enabled=False)
