@@ -26,3 +26,14 @@ def test_a_body_that_is_not_an_object_is_still_refused(server, merchant):
     res = merchant.raw().request("POST", "/v1/payments/pay_x/capture", raw_body=b"[]",
                                  headers={"Content-Type": "application/json"})
     assert res.status_code == 400, res.text
+
+
+def test_a_body_of_only_whitespace_is_not_json_and_is_refused(server, merchant):
+    # Found by the schemathesis negative run: "\n" was read as no body and a key was created.
+    before = merchant.raw().get("/v1/access_keys").json()["data"]
+    for raw in (b"\n", b"  ", b"\r\n"):
+        res = merchant.raw().request("POST", "/v1/access_keys", raw_body=raw,
+                                     headers={"Content-Type": "application/json"})
+        assert res.status_code == 400, (raw, res.text)
+        assert res.json()["error"]["code"] == "invalid_json", res.text
+    assert merchant.raw().get("/v1/access_keys").json()["data"] == before

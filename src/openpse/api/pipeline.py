@@ -510,8 +510,9 @@ def _nul_param(obj: Any, param: str) -> str | None:
 
 def _app_body(scope: Scope, body: bytes) -> bytes:
     """An action with nothing to set may be sent with no body at all (``POST .../capture``):
-    the route sees ``{}``. The signature was checked over the bytes actually sent."""
-    if (not body.strip() and scope["method"] in ("POST", "PATCH", "PUT")
+    the route sees ``{}``. The signature was checked over the bytes actually sent. A body of
+    only whitespace is not "no body": it is not JSON either, and is refused as such."""
+    if (not body and scope["method"] in ("POST", "PATCH", "PUT")
             and scope["path"].startswith(API_PREFIX)):
         return b"{}"
     return body
