@@ -267,6 +267,15 @@ class Direct:
         """Insert one row given as column -> value (JSON columns as Python values)."""
         await self.write((table, row))
 
+    async def write_all(self, writes: Writes) -> None:
+        """Make ``writes`` together: one statement on PostgreSQL (each in its WITH; a
+        data-modifying WITH runs whether or not it is read), in order on SQLite."""
+        if self._lite is not None:
+            for w in writes:
+                await self.write(w)
+        elif writes:
+            await self.execute("SELECT 1", writes=writes)
+
     async def write(self, w: Write) -> int:
         """One of ``writes`` on its own (an insert or an update); the rows it changed."""
         return await self.execute(*_statement(w))

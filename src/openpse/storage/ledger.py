@@ -86,34 +86,25 @@ async def post_journal(
     now: int,
     writes: list[Write] | None = None,
 ) -> str:
-    """Write one balanced journal. Raises before writing anything if it does not balance.
-    With ``writes``, its rows are added there for the caller's next statement to write
-    (``Direct.execute``); the balances change at commit either way."""
+    """Write one balanced journal (one statement on PostgreSQL). Raises before writing
+    anything if it does not balance. With ``writes``, its rows are added there for the
+    caller's next statement to write (``Direct.execute``); the balances change at commit
+    either way."""
     check_balanced(entries)
     journal_id = new_id("jnl_")
     journal = {"id": journal_id, "merchant_id": merchant_id, "livemode": livemode, "kind": kind,
                "reference_id": reference_id, "created": now}
     deltas: dict[int, int] = defaultdict(int)
-    accounts = []
+    rows: list[Write] = [(journals, journal)]
     for p in entries:
         acct = await _account_id(tx, p.owner, livemode, p.currency, p.kind, now)
         deltas[acct] += p.amount
-        accounts.append(acct)
-    d = direct(tx)
+        rows.append((postings, {"journal_id": journal_id, "account_id": acct,
+                                "currency": p.currency, "amount": p.amount}))
     if writes is not None:
-        writes.append((journals, journal))
-        writes.extend((postings, {"journal_id": journal_id, "account_id": acct,
-                                   "currency": p.currency, "amount": p.amount})
-                       for acct, p in zip(accounts, entries, strict=True))
-    elif d.is_sqlite:
-        await d.execute(_INSERT_JOURNAL, journal)
-        await d.executemany(_INSERT_POSTING, [
-            {"journal_id": journal_id, "account_id": acct, "currency": p.currency,
-             "amount": p.amount} for acct, p in zip(accounts, entries, strict=True)])
-    else:  # one statement, one round trip (the postings' foreign key is checked at its end)
-        await d.execute(_INSERT_JOURNAL_WITH_POSTINGS, {
-            **journal, "accounts": accounts, "currencies": [p.currency for p in entries],
-            "amounts": [p.amount for p in entries]})
+        writes.extend(rows)
+    else:  # the postings' foreign key is checked at the statement's end
+        await direct(tx).write_all(rows)
     # Balances change at commit time (apply_balance_deltas, called by the unit of work): a
     # merchant's account rows are hot, and their row locks are then held only for the commit.
     scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
@@ -138,15 +129,6 @@ async def _apply_balance_deltas(tx: Tx) -> None:
         await direct(tx).executemany(_ADD_TO_BALANCE, rows)
 
 
-_INSERT_JOURNAL = ("INSERT INTO journals (id, merchant_id, livemode, kind, reference_id, created) "
-                   "VALUES (:id, :merchant_id, :livemode, :kind, :reference_id, :created)")
-_INSERT_POSTING = ("INSERT INTO postings (journal_id, account_id, currency, amount) "
-                   "VALUES (:journal_id, :account_id, :currency, :amount)")
-_INSERT_JOURNAL_WITH_POSTINGS = (
-    "WITH j AS (" + _INSERT_JOURNAL + ") INSERT INTO postings (journal_id, account_id, currency, "
-    "amount) SELECT :id, x.a, x.c, x.m FROM unnest(CAST(:accounts AS bigint[]), "
-    "CAST(:currencies AS text[]), CAST(:amounts AS bigint[])) WITH ORDINALITY AS x(a, c, m, n) "
-    "ORDER BY x.n")
 _ADD_TO_BALANCE = "UPDATE ledger_accounts SET balance = balance + :delta WHERE id = :id"
 
 
