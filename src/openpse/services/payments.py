@@ -47,7 +47,7 @@ from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
 from openpse.storage.direct import Write, decode, direct
 from openpse.storage.ledger import post_journal
-from openpse.storage.repos import load_scoped, update_versioned
+from openpse.storage.repos import load_scoped, missing, update_versioned
 from openpse.storage.tables import (
     idempotency_keys,
     merchants,
@@ -370,8 +370,7 @@ async def change_status(
                            previous=changed_fields(before, after), now=now,
                            writes=writes or ())
     else:
-        for w in writes or ():
-            await direct(tx).write(w)
+        await direct(tx).write_all(writes or ())
     return new
 
 
@@ -421,7 +420,7 @@ async def _lock_with_attempt(tx: Tx, caller: Caller, payment_id: str, attempt_id
     row = await d.fetchone(sql, {"id": payment_id, "m": caller.merchant_id,
                                  "l": caller.livemode, "att": attempt_id})
     if row is None:
-        raise NotFound(f"no such payment: {payment_id!r}", code="resource_missing", param="id")
+        raise missing("payment", payment_id)
     attempt = decode({c: row.pop(f"a_{c}") for c in _ATTEMPT_COLUMNS}, payment_attempts)
     terms = decode({c: row.pop(f"m_{c}") for c in _TERMS_COLUMNS}, merchants)
     _terms_cache(tx)[row["merchant_id"]] = terms
@@ -639,13 +638,11 @@ async def apply_result(
             return row  # already applied (a retry raced us): nothing to do twice
         finished = _finished_attempt(attempt_id, result, now)
         if result.outcome == Outcome.PENDING or row["status"] != Status.PROCESSING:
-            await direct(tx).write(finished)
-        if result.outcome == Outcome.PENDING:
-            return row
-        if row["status"] != Status.PROCESSING:
-            await _review(tx, row, "late_acquirer_answer", {
-                "attempt": attempt_id, "operation": operation, "outcome": result.outcome,
-                "status_at_arrival": row["status"]}, now)
+            await direct(tx).write(finished)  # no status change for it to ride with
+            if result.outcome != Outcome.PENDING:
+                await _review(tx, row, "late_acquirer_answer", {
+                    "attempt": attempt_id, "operation": operation, "outcome": result.outcome,
+                    "status_at_arrival": row["status"]}, now)
             return row
         handler = _APPLY[operation]  # the attempt's update rides with the status change
         new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now,

@@ -13,7 +13,7 @@ from openpse.domain.errors import NotFound
 from openpse.storage.db import Tx
 from openpse.storage.direct import direct
 
-__all__ = ["load_scoped", "update_versioned"]
+__all__ = ["load_scoped", "missing", "update_versioned"]
 
 
 async def load_scoped(
@@ -25,8 +25,13 @@ async def load_scoped(
     sql = _LOCKED.format(table.name) if lock and not d.is_sqlite else _PLAIN.format(table.name)
     row = await d.fetchone(sql, {"id": object_id, "m": merchant_id, "l": livemode}, table=table)
     if row is None:
-        raise NotFound(f"no such {what}: {object_id!r}", code="resource_missing", param=param)
+        raise missing(what, object_id, param)
     return row
+
+
+def missing(what: str, object_id: str, param: str = "id") -> NotFound:
+    """The 404 for a scoped read that found nothing (another merchant's id looks the same)."""
+    return NotFound(f"no such {what}: {object_id!r}", code="resource_missing", param=param)
 
 
 _PLAIN = "SELECT * FROM {} WHERE id = :id AND merchant_id = :m AND livemode = :l"

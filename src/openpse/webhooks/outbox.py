@@ -143,7 +143,8 @@ _INSERT_EVENT_WITH_DELIVERIES = (
 
 async def enqueue_for_event(tx: Tx, event_type: str, event_id: str, *, merchant_id: str,
                             livemode: bool, now_s: int) -> int:
-    """The outbox sink's work: a delivery per enabled endpoint subscribed to the event.
+    """A delivery per enabled endpoint subscribed to the event (:func:`write_event` on SQLite;
+    the endpoints are read, then matched here).
 
     Runs inside the transaction that records the event, so the event and its deliveries commit
     or roll back together. The merchant's endpoints are read once per transaction (a payment's
