@@ -4,6 +4,7 @@ events and journals every change leaves behind."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -104,6 +105,31 @@ async def test_declines(merchant, services, number: str, code: str) -> None:
     assert evs[-1]["data"]["previous_attributes"]["failure_code"] is None
     listed = raw.get(f"/v1/payments?merchant_order_id=decl-{code}").json()["data"]
     assert [p["id"] for p in listed] == [pay["id"]]
+
+
+@pytest.mark.parametrize(("number", "path"), [
+    (VISA, [("payment.created", "requires_confirmation"), ("payment.processing", "processing"),
+            ("payment.succeeded", "succeeded")]),
+    (FRAUD, [("payment.created", "requires_confirmation"), ("payment.failed", "failed")]),
+])
+async def test_create_and_confirm_leaves_the_history_of_a_create_then_a_confirm(
+        merchant, services, number: str, path: list[tuple[str, str]]) -> None:
+    """A create+confirm inserts its payment once, already confirmed (the create's writes are
+    held back for the confirmation's), yet its events tell each step, one version apart, as
+    a create followed by a confirm would: the stored row is the last event's object."""
+    raw = merchant.raw()
+    res = _create(raw, number)
+    pay = res.json() if res.status_code == 201 else res.json()["error"]["payment"]
+    evs = await payment_events(services, pay["id"])
+    assert [(e["type"], e["data"]["object"]["status"]) for e in evs] == path
+    assert [e["data"]["object"]["version"] for e in evs] == list(range(1, len(path) + 1))
+    assert evs[0]["data"]["previous_attributes"] == {}
+    for before, after in itertools.pairwise(evs):
+        assert after["data"]["previous_attributes"]["status"] == before["data"]["object"][
+            "status"]
+    assert [e["id"] for e in evs] == sorted(e["id"] for e in evs)
+    assert pay["version"] == len(path)
+    assert raw.get(f"/v1/payments/{pay['id']}").json() == evs[-1]["data"]["object"]
 
 
 @pytest.mark.parametrize("outcome", ["succeed", "fail"])

@@ -173,6 +173,45 @@ async def test_an_event_is_queued_once_for_each_enabled_endpoint_subscribed_to_i
         assert abs(x["next_attempt_at"] - time.time()) < 60
 
 
+async def test_events_held_back_and_written_together_fan_out_each_by_its_type(
+    hooks: Services, caller: Caller
+) -> None:
+    """Events held back (``Held``, as a create+confirm does) are written in one statement with
+    the next one (PostgreSQL): each is queued for exactly the endpoints subscribed to its own
+    type, and a row held with them is written too."""
+    from openpse.services.events import Held, flush, record_event
+    from openpse.storage.tables import merchants
+
+    with Receiver() as r:
+        every = await endpoint(hooks, caller, r.url("/every"))
+        paid = await endpoint(hooks, caller, r.url("/paid"), ["payment.succeeded"])
+        made = await endpoint(hooks, caller, r.url("/made"), ["payment.created"])
+        async with hooks.db.transaction() as tx:
+            held = Held(writes=[(merchants, {"name": "held-row"}, {"id": caller.merchant_id})])
+            written = []
+            for etype, hold in (("payment.created", True), ("payment.processing", True),
+                                ("payment.succeeded", False)):
+                obj = {"id": "pay_held", "object": "payment", "status": etype[8:]}
+                written.append((await record_event(
+                    tx, caller=None, merchant_id=caller.merchant_id, livemode=caller.livemode,
+                    type=etype, obj=obj, previous=None, now=hooks.now(), held=held,
+                    hold=hold))["id"])
+            assert held.events == [] and held.writes == []
+            await flush(tx, held)  # nothing left: writes nothing
+        async with hooks.db.read() as conn:
+            rows = [dict(x._mapping) for x in (await conn.execute(
+                select(webhook_deliveries).where(webhook_deliveries.c.event_id.in_(written))))]
+            name = (await conn.execute(select(merchants.c.name).where(
+                merchants.c.id == caller.merchant_id))).scalar_one()
+    created, processing, succeeded = written
+    assert Counter((x["event_id"], x["endpoint_id"]) for x in rows) == Counter({
+        (created, every["id"]): 1, (created, made["id"]): 1, (processing, every["id"]): 1,
+        (succeeded, every["id"]): 1, (succeeded, paid["id"]): 1})
+    assert len({x["id"] for x in rows}) == len(rows) and name == "held-row"
+    for event_id in written:
+        assert (await event_log.get_event_payload(hooks, caller, event_id)).startswith("{")
+
+
 async def test_a_failing_receiver_gets_the_event_later_with_the_same_id(
     hooks: Services, caller: Caller, runner: DeliveryRunner
 ) -> None:

@@ -8,18 +8,20 @@ event and its deliveries, and a rolled-back change has neither.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from sqlalchemy import Table
 
 from openpse.domain.ids import new_id
 from openpse.services.context import Caller
 from openpse.storage.db import Tx
-from openpse.storage.direct import Writes
+from openpse.storage.direct import Write, Writes, direct
 from openpse.storage.rows import rfc3339
-from openpse.webhooks.outbox import write_event
+from openpse.webhooks.outbox import write_event, write_events
 
-__all__ = ["API_VERSION", "changed_fields", "record_event"]
+__all__ = ["API_VERSION", "Held", "changed_fields", "flush", "record_event"]
 
 API_VERSION = "2026-11-01"
 
@@ -30,12 +32,47 @@ def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
     return {k: v for k, v in before.items() if k not in skip and after.get(k) != v}
 
 
+@dataclass(slots=True)
+class Held:
+    """Writes and events held back to be made together with a later event: one statement on
+    PostgreSQL (``write_events``). A create+confirm holds its card, its payment and
+    ``payment.created`` until ``payment.processing``, so the payment is inserted once, in the
+    state it commits in, instead of inserted and updated (:func:`record_event`'s ``hold``;
+    ``change_status`` replaces a held row instead of updating it). Whatever is held is written
+    by the next event recorded with it, or by :func:`flush`; a transaction that ends with
+    something held would lose it, so its owner flushes before the transaction ends."""
+
+    writes: list[Write] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def holds_insert(self, table: Table, row_id: str) -> int | None:
+        """The index in ``writes`` of the held insert of ``table``'s row ``row_id``, if any."""
+        for i, w in enumerate(self.writes):
+            if len(w) == 2 and w[0] is table and w[1].get("id") == row_id:
+                return i
+        return None
+
+
+async def flush(tx: Tx, held: Held) -> None:
+    """Write what ``held`` holds (nothing when it is empty)."""
+    if held.events:
+        events, writes = held.events, held.writes
+        held.events, held.writes = [], []
+        await write_events(tx, events, now_s=int(time.time()), writes=writes)
+    elif held.writes:
+        writes, held.writes = held.writes, []
+        await direct(tx).write_all(writes)
+
+
 async def record_event(
     tx: Tx, *, caller: Caller | None, merchant_id: str, livemode: bool, type: str,
     obj: dict[str, Any], previous: dict[str, Any] | None, now: int, writes: Writes = (),
+    held: Held | None = None, hold: bool = False,
 ) -> dict[str, Any]:
     """Write the event and its deliveries; ``writes`` are made in the same statement (the
-    object's own row, say: one round trip for both on PostgreSQL; ``Direct.execute``)."""
+    object's own row, say: one round trip for both on PostgreSQL; ``Direct.execute``). With
+    ``held``, what it holds is written first, in the same statement; with ``hold`` too, the
+    event joins what is held instead (written by a later event or ``flush``)."""
     event_id = new_id("evt_")
     event = {
         "id": event_id,
@@ -47,10 +84,17 @@ async def record_event(
         "data": {"object": obj, "previous_attributes": previous or {}},
         "request": caller.request_ref() if caller else None,
     }
+    row = {"id": event_id, "merchant_id": merchant_id, "livemode": livemode, "type": type,
+           "object_id": obj["id"], "payload": orjson.dumps(event).decode(), "created": now}
+    if held is not None:
+        held.writes.extend(writes)
+        held.events.append(row)
+        if not hold:
+            await flush(tx, held)
+        return event
+    if hold:
+        raise ValueError("hold needs held")
     # Wall-clock time for the deliveries, not the event's: a sandbox clock offset must not
     # delay them.
-    await write_event(tx, {
-        "id": event_id, "merchant_id": merchant_id, "livemode": livemode, "type": type,
-        "object_id": obj["id"], "payload": orjson.dumps(event).decode(), "created": now},
-        now_s=int(time.time()), writes=writes)
+    await write_event(tx, row, now_s=int(time.time()), writes=writes)
     return event

@@ -42,7 +42,7 @@ from openpse.domain.payments import (
 from openpse.domain.risk import RISK_BLOCK_CODE, risk_blocks
 from openpse.services.clock import merchant_now
 from openpse.services.context import Caller, Services
-from openpse.services.events import changed_fields, record_event
+from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
 from openpse.storage.direct import Write, decode, direct
@@ -266,14 +266,16 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
     payment_id = new_id("pay_")
     caller.plan_resource(payment_id)
     async with svc.db.transaction() as tx:
-        # The card's row and the payment's are written with the payment.created event: one
-        # statement (one round trip) on PostgreSQL.
-        writes: list[Write] = []
+        # The card's row, the payment's and payment.created are held back and written with
+        # the next event (with a confirmation, payment.processing and the attempt): one
+        # statement (one round trip) on PostgreSQL, and the payment inserted once, in the state
+        # it commits in.
+        held = Held()
         pm_cols = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card,
                                                 payment={**p, "id": payment_id, "amount": amount,
                                                          "currency": currency,
                                                          "capture_method": capture_method},
-                                                writes=writes)
+                                                writes=held.writes)
         pm_view = pm_cols["payment_method"] if pm_cols else None
         row = {
             "id": payment_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
@@ -296,17 +298,19 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
             "captured_at": None, "canceled_at": None, "created": now, "updated": now,
             "version": 1,
         }
-        writes.append((payments, row))
+        held.writes.append((payments, row))
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="payment.created",
-                           obj=payment_view(row), previous=None, now=now, writes=writes)
+                           obj=payment_view(row), previous=None, now=now, held=held, hold=True)
         await _recovery_point(tx, caller, payment_id)
         # With a method, confirmation's first step commits with the creation (one
         # transaction fewer); a crash after it resumes from ``processing`` like any confirm.
         confirm_now = bool(p.get("confirm")) and pm_view is not None
         attempt_id = ""
         if confirm_now:
-            row, attempt_id = await _begin_confirm(svc, tx, caller, row, None, None, None, now)
+            row, attempt_id = await _begin_confirm(svc, tx, caller, row, None, None, None, now,
+                                                   held=held)
+        await flush(tx, held)
     cvc = card.cvc if card and isinstance(card.cvc, str) else None
     if confirm_now:
         return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=None,
@@ -352,14 +356,25 @@ async def get_payment(svc: Services, caller: Caller, payment_id: str) -> dict[st
 async def change_status(
     tx: Tx, caller: Caller | None, row: dict[str, Any], new_status: str, values: dict[str, Any],
     *, now: int, action: str, event_type: str | None = "default",
-    writes: list[Write] | None = None,
+    writes: list[Write] | None = None, held: Held | None = None,
 ) -> dict[str, Any]:
     """The one way a payment's status changes: check the table, write, emit the event.
-    ``writes``: writes of other tables made with the event (one round trip on PostgreSQL)."""
+    ``writes``: writes of other tables made with the event (one round trip on PostgreSQL).
+    ``held``: what the caller holds back (``Held``), written with the event; when it holds
+    the payment's insert, the insert takes the new row instead of an update following it
+    (the same row and version in the end), and with no event it stays held."""
     if new_status != row["status"]:
         assert_transition(row["id"], row["status"], new_status, action=action)
     before = payment_view(row)
-    new = await update_versioned(tx, payments, row, {**values, "status": new_status}, now=now)
+    at = held.holds_insert(payments, row["id"]) if held is not None else None
+    if at is None:
+        new = await update_versioned(tx, payments, row, {**values, "status": new_status},
+                                     now=now)
+    else:
+        assert held is not None
+        new = {**row, **values, "status": new_status, "updated": now,
+               "version": row["version"] + 1}
+        held.writes[at] = (payments, new)
     Amounts(new["amount"], new["amount_capturable"], new["amount_received"],
             new["amount_refunded"]).check()
     etype = EVENT_FOR_STATUS.get(new_status) if event_type == "default" else event_type
@@ -368,7 +383,9 @@ async def change_status(
         await record_event(tx, caller=caller, merchant_id=row["merchant_id"],
                            livemode=bool(row["livemode"]), type=etype, obj=after,
                            previous=changed_fields(before, after), now=now,
-                           writes=writes or ())
+                           writes=writes or (), held=held)
+    elif held is not None:
+        held.writes.extend(writes or ())
     else:
         await direct(tx).write_all(writes or ())
     return new
@@ -485,21 +502,25 @@ async def confirm_payment(
 async def _begin_confirm(
     svc: Services, tx: Tx, caller: Caller, row: dict[str, Any],
     payment_method: dict[str, Any] | None, card: CardInput | None, return_url: str | None,
-    now: int,
+    now: int, *, held: Held | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Step 1 of a confirmation, inside the caller's transaction: checks, risk, then the
     pending attempt and ``processing`` (a card), or the voucher (a local method). Returns the
-    row and the attempt id ("" when no acquirer call follows)."""
-    row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url, now)
+    row and the attempt id ("" when no acquirer call follows). ``held``: what the caller
+    holds back (the new payment's insert, say), written with the first status event here."""
+    row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url, now,
+                                 held=held)
     if row["status"] == Status.FAILED:  # blocked by risk: no acquirer call
         await _after_payment_change(tx, caller, row, now)
         return row, ""
     if row["payment_method_type"] in local_rules.LOCAL_METHODS:
+        if held is not None:  # the local path reads and writes more than a status change
+            await flush(tx, held)
         return await _issue_local(svc, tx, caller, row, now), ""
     attempt = _attempt_row(row, "authorize", row["amount"], now)
     row = await change_status(tx, caller, row, Status.PROCESSING,
                               {"connector": DEFAULT_CONNECTOR}, now=now, action="confirm",
-                              writes=[(payment_attempts, attempt)])
+                              writes=[(payment_attempts, attempt)], held=held)
     return row, str(attempt["id"])
 
 
@@ -517,7 +538,7 @@ async def _finish_confirm(svc: Services, caller: Caller, row: dict[str, Any], at
 async def _prepare_confirm(
     svc: Services, tx: Tx, caller: Caller, row: dict[str, Any],
     payment_method: dict[str, Any] | None, card: CardInput | None, return_url: str | None,
-    now: int,
+    now: int, *, held: Held | None = None,
 ) -> dict[str, Any]:
     if row["status"] not in (Status.REQUIRES_CONFIRMATION, Status.REQUIRES_PAYMENT_METHOD):
         # requires_action/requires_capture -> processing are legal edges (3-D Secure, capture,
@@ -538,7 +559,7 @@ async def _prepare_confirm(
         values["return_url"] = return_url
     if values:
         row = await change_status(tx, caller, row, Status.REQUIRES_CONFIRMATION, values, now=now,
-                                  action="update", event_type=None)
+                                  action="update", event_type=None, held=held)
     if row["payment_method_type"] in local_rules.LOCAL_METHODS:
         return row  # no card, no risk check of one: _issue_local hands out the voucher
     pm = row["payment_method"] or {}
@@ -548,7 +569,7 @@ async def _prepare_confirm(
         row = await change_status(tx, caller, row, Status.FAILED, {
             "failure_code": RISK_BLOCK_CODE,
             "failure_message": "The payment was blocked as likely fraudulent by risk checks."},
-            now=now, action="confirm")
+            now=now, action="confirm", held=held)
     return row
 
 

@@ -24,6 +24,7 @@ that keeps killing its worker is tried at most ``MAX_ATTEMPTS`` times.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ __all__ = [
     "record_outcomes",
     "subscribes",
     "write_event",
+    "write_events",
 ]
 
 ALL_EVENTS = "*"
@@ -109,36 +111,62 @@ async def enqueue(
 
 async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int, writes: Writes = ()
                       ) -> None:
-    """Insert an ``events`` row (its columns in ``row``) and a pending delivery per enabled
-    endpoint subscribed to its type, in the caller's transaction.
+    """:func:`write_events` of one event."""
+    await write_events(tx, (row,), now_s=now_s, writes=writes)
 
-    PostgreSQL: one statement (the event's INSERT in a WITH, the deliveries made by
-    ``INSERT ... SELECT`` from the endpoints), one round trip whether or not the merchant has
-    endpoints. SQLite (no round trips): the event's INSERT, then :func:`enqueue_for_event`.
-    ``writes``: made with the event, in the same statement (``Direct.execute``).
-    A delivery id there is the milliseconds of ``new_id`` and 64 random bits from the server.
+
+async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
+                       writes: Writes = ()) -> None:
+    """Insert ``events`` rows (their columns in ``rows``: one merchant's, one mode) and a
+    pending delivery of each per enabled endpoint subscribed to its type, in the caller's
+    transaction, in order.
+
+    PostgreSQL: one statement (the events' INSERT in a WITH, the deliveries made by
+    ``INSERT ... SELECT`` from the endpoints, at most ``MAX_ENDPOINTS_PER_EVENT`` an event),
+    one round trip whether or not the merchant has endpoints. SQLite (no round trips): each
+    event's INSERT, then :func:`enqueue_for_event`. ``writes``: made with the events, in the
+    same statement (``Direct.execute``). A delivery id there is the milliseconds of
+    ``new_id`` and 64 random bits from the server.
     """
     d = direct(tx)
     if d.is_sqlite:
-        await d.execute(_INSERT_EVENT, row, writes=writes)
-        await enqueue_for_event(tx, row["type"], row["id"], merchant_id=row["merchant_id"],
-                                livemode=bool(row["livemode"]), now_s=now_s)
+        await d.write_all(writes)
+        for row in rows:
+            await d.execute(_INSERT_EVENT, row)
+            await enqueue_for_event(tx, row["type"], row["id"], merchant_id=row["merchant_id"],
+                                    livemode=bool(row["livemode"]), now_s=now_s)
         return
-    await d.execute(_INSERT_EVENT_WITH_DELIVERIES, {
-        **row, "etype": row["type"], "now": now_s, "n": MAX_ENDPOINTS_PER_EVENT,
-        "id_head": PREFIXES["delivery"] + new_id("")[:10]}, writes=writes)
+    merchant_id, livemode = rows[0]["merchant_id"], rows[0]["livemode"]
+    params: dict[str, Any] = {"merchant_id": merchant_id, "livemode": livemode, "now": now_s,
+                              "n": MAX_ENDPOINTS_PER_EVENT,
+                              "id_head": PREFIXES["delivery"] + new_id("")[:10]}
+    for i, row in enumerate(rows):
+        if (row["merchant_id"], row["livemode"]) != (merchant_id, livemode):
+            raise ValueError("events written together must be one merchant's, in one mode")
+        params[f"e{i}_id"], params[f"e{i}_type"] = row["id"], row["type"]
+    await d.execute(_deliveries_sql(len(rows)), params,
+                    writes=[*writes, *((events, row) for row in rows)])
 
 
 _INSERT_EVENT = ("INSERT INTO events (id, merchant_id, livemode, type, object_id, payload, created)"
                  " VALUES (:id, :merchant_id, :livemode, :type, :object_id, :payload, :created)")
-_INSERT_EVENT_WITH_DELIVERIES = (
-    "WITH ev AS (" + _INSERT_EVENT + ") "
-    "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, merchant_id, livemode, status, "
-    "attempt_count, next_attempt_at, created, updated, version) "
-    "SELECT :id_head || substr(md5(random()::text || e.id), 1, 16), :id, e.id, :merchant_id, "
-    ":livemode, 'pending', 0, :now, :now, :now, 1 FROM webhook_endpoints e "
-    "WHERE e.merchant_id = :merchant_id AND e.livemode = :livemode AND e.status = 'enabled' "
-    f"AND e.enabled_events::jsonb ?| ARRAY['{ALL_EVENTS}', :etype] ORDER BY e.id LIMIT :n")
+
+
+@functools.cache
+def _deliveries_sql(n: int) -> str:
+    """The deliveries of ``n`` events (PostgreSQL); their rows ride in its WITH."""
+    events_list = ", ".join(f"(:e{i}_id::text, :e{i}_type::text, {i})" for i in range(n))
+    return (
+        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, merchant_id, livemode, "
+        "status, attempt_count, next_attempt_at, created, updated, version) "
+        "SELECT :id_head || substr(md5(random()::text || e.id), 1, 16), v.id, e.id, "
+        ":merchant_id, :livemode, 'pending', 0, :now, :now, :now, 1 "
+        f"FROM (VALUES {events_list}) AS v(id, etype, ord) CROSS JOIN LATERAL ("
+        "SELECT e.id FROM webhook_endpoints e "
+        "WHERE e.merchant_id = :merchant_id AND e.livemode = :livemode "
+        "AND e.status = 'enabled' "
+        f"AND e.enabled_events::jsonb ?| ARRAY['{ALL_EVENTS}', v.etype] ORDER BY e.id LIMIT :n"
+        ") e ORDER BY v.ord, e.id")
 
 
 async def enqueue_for_event(tx: Tx, event_type: str, event_id: str, *, merchant_id: str,
