@@ -334,9 +334,10 @@ async def test_the_answer_commits_with_the_work_it_describes(services, shop, mon
                                  now=now)
 
     def caller_for(got: Claimed) -> Caller:
-        async def respond(tx: Any, status: int, body: bytes) -> None:
+        async def respond(tx: Any, status: int, body: bytes, writes: Any = None) -> None:
             await store.store_in(tx, got, status=status,
-                                 headers={"content-type": JSON_CONTENT_TYPE}, body=body)
+                                 headers={"content-type": JSON_CONTENT_TYPE}, body=body,
+                                 writes=writes)
         return Caller(shop.merchant_id, False, idempotency_ref=got, respond=respond)
 
     now = services.now()

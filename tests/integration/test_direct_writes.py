@@ -65,3 +65,48 @@ async def test_a_conflicting_insert_fails_the_statement_and_nothing_is_kept(
             await direct(tx).execute(_MAIN, {"ref": p + "main", "result": "{}"},
                                      writes=[(ops, _op(p + "new", 2)), (ops, _op(p + "taken", 3))])
     assert set(await _rows(services, p)) == {p + "taken"}
+
+
+async def test_guards_are_made_with_the_statement_and_their_counts_returned(
+        services: Any) -> None:
+    """``execute_guarded``: updates made with the statement whose row counts come back in
+    order (one statement on PostgreSQL), so a version-checked update that missed is seen."""
+    p = f"grd-{uuid.uuid4().hex[:12]}-"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(ops, _op(p + "one", 1))
+        await direct(tx).insert(ops, _op(p + "two", 2))
+    async with services.db.transaction() as tx:
+        counts = await direct(tx).execute_guarded(
+            _MAIN, {"ref": p + "main", "result": "{}"}, writes=[(ops, _op(p + "new", 3))],
+            guards=[(ops, {"amount": 10}, {"reference": p + "one", "amount": 1}),
+                    (ops, {"amount": 20}, {"reference": p + "two", "amount": 99}),
+                    (ops, {"currency": "USD"}, {"currency": "EUR", "operation": "void",
+                                                 "reference": p + "two"})])
+    assert counts == [1, 0, 1]  # the second's where no longer holds: it changed nothing
+    got = await _rows(services, p)
+    assert {k: v[1:3] for k, v in got.items()} == {
+        p + "one": (10, "EUR"), p + "two": (2, "USD"), p + "new": (3, "EUR"),
+        p + "main": (1, "JPY")}
+
+
+async def test_a_held_update_that_misses_its_version_raises_and_nothing_is_kept(
+        services: Any) -> None:
+    """``events.flush`` checks every held guard: one that changed no row (a lost update)
+    raises, and the transaction keeps none of what was held with it."""
+    from openpse.services.events import Held, flush, record_event
+
+    p = f"grd-{uuid.uuid4().hex[:12]}-"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(ops, _op(p + "row", 1))
+    with pytest.raises(RuntimeError, match="concurrent update"):
+        async with services.db.transaction() as tx:
+            held = Held(keep=True, writes=[(ops, _op(p + "held", 2))],
+                        guards=[(ops, {"amount": 5}, {"reference": p + "row", "amount": 1}),
+                                (ops, {"amount": 6}, {"reference": p + "gone"})])
+            await record_event(tx, caller=None, merchant_id="mch_guard", livemode=False,
+                               type="payment.succeeded", obj={"id": p + "obj"}, previous=None,
+                               now=1, held=held)
+            assert held.events  # kept: written only by flush
+            await flush(tx, held)
+    assert await _rows(services, p) == {p + "row": ("void", 1, "EUR",
+                                                    {"outcome": "captured", "n": 1})}

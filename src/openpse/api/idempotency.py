@@ -294,16 +294,17 @@ class IdempotencyStore:
 
     async def store_in(
         self, tx: Tx, claim: Claimed | DeferredClaim, *, status: int, headers: dict[str, str],
-        body: bytes,
+        body: bytes, writes: list[Any] | None = None,
     ) -> None:
         """Complete the key inside ``tx``, the transaction of the request's last state
         change: the answer commits with the work it describes. Should the request end up
         sending something else, the pipeline stores that instead (``complete``). A deferred
-        claim not yet written (no id) is left to the pipeline."""
+        claim not yet written (no id) is left to the pipeline. With ``writes``, the key's
+        update is added there for the caller's next statement (same transaction)."""
         if claim.record_id is None:
             return
         kept = kept_headers(headers)
-        await self._store(tx, claim.record_id, status, kept, body)
+        await self._store(tx, claim.record_id, status, kept, body, writes)
         claim.stored = (status, kept, body)
 
     async def insert_completed(
@@ -326,12 +327,16 @@ class IdempotencyStore:
         return "stored" if got is not None else "taken"
 
     async def _store(self, tx: Tx, record_id: int, status: int, kept: dict[str, str],
-                     body: bytes) -> None:
-        await direct(tx).update(idempotency_keys, {
+                     body: bytes, writes: list[Any] | None = None) -> None:
+        write = (idempotency_keys, {
             "status": "completed", "locked_at": None, "response_status": status,
             "response_headers": kept,
             "response_body": self._box.encrypt_bytes(body, context=_context(record_id)),
         }, {"id": record_id})
+        if writes is None:
+            await direct(tx).write(write)
+        else:
+            writes.append(write)
 
     async def release(self, record_id: int) -> None:
         """A 5xx or a refused request: forget the key so a retry runs the work (once)."""

@@ -377,9 +377,11 @@ class Pipeline:
         calls to store its JSON answer in its last transaction (``Caller.respond``)."""
         store = self.cfg.idempotency
 
-        async def respond(tx: Tx, status: int, body: bytes) -> None:
+        async def respond(tx: Tx, status: int, body: bytes, writes: list[Any] | None = None
+                          ) -> None:
             await store.store_in(tx, claim, status=status,
-                                 headers={"content-type": JSON_CONTENT_TYPE}, body=body)
+                                 headers={"content-type": JSON_CONTENT_TYPE}, body=body,
+                                 writes=writes)
 
         state["idempotency"] = claim
         state["idempotency_respond"] = respond

@@ -15,8 +15,9 @@ __all__ = ["Caller", "ResponseHook", "Services"]
 
 # Stores a request's final response (status, JSON body) with its idempotency key, inside the
 # transaction of the request's last state change: the key is then completed by the same
-# commit as the work, and no transaction of its own is needed for it afterwards.
-ResponseHook = Callable[[Tx, int, bytes], Awaitable[None]]
+# commit as the work, and no transaction of its own is needed for it afterwards. With a list of
+# writes (``Direct`` writes), its write is added there instead, for the caller's next statement.
+ResponseHook = Callable[[Tx, int, bytes, list[Any] | None], Awaitable[None]]
 
 
 @dataclass

@@ -38,12 +38,18 @@ class Held:
     PostgreSQL (``write_events``). A create+confirm holds its card, its payment and
     ``payment.created`` until ``payment.processing``, so the payment is inserted once, in the
     state it commits in, instead of inserted and updated (:func:`record_event`'s ``hold``;
-    ``change_status`` replaces a held row instead of updating it). Whatever is held is written
-    by the next event recorded with it, or by :func:`flush`; a transaction that ends with
-    something held would lose it, so its owner flushes before the transaction ends."""
+    ``change_status`` replaces a held row instead of updating it). Applying an acquirer's
+    answer holds everything (``keep``) until the request's stored answer joins it.
+
+    Whatever is held is written by the next event recorded with it (unless ``keep``), or by
+    :func:`flush`; a transaction that ends with something held would lose it, so its owner
+    flushes before the transaction ends. ``guards``: version-checked updates, whose row
+    counts :func:`flush` checks (a lost update raises and rolls the transaction back)."""
 
     writes: list[Write] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    guards: list[Write] = field(default_factory=list)
+    keep: bool = False
 
     def holds_insert(self, table: Table, row_id: str) -> int | None:
         """The index in ``writes`` of the held insert of ``table``'s row ``row_id``, if any."""
@@ -53,15 +59,29 @@ class Held:
         return None
 
 
+    def guard_for(self, table: Table, row_id: str) -> int | None:
+        """The index in ``guards`` of the held update of ``table``'s row ``row_id``, if any."""
+        for i, g in enumerate(self.guards):
+            if g[0] is table and g[2].get("id") == row_id:  # type: ignore[misc]
+                return i
+        return None
+
+
 async def flush(tx: Tx, held: Held) -> None:
-    """Write what ``held`` holds (nothing when it is empty)."""
-    if held.events:
-        events, writes = held.events, held.writes
-        held.events, held.writes = [], []
-        await write_events(tx, events, now_s=int(time.time()), writes=writes)
-    elif held.writes:
-        writes, held.writes = held.writes, []
+    """Write what ``held`` holds (nothing when it is empty); raise if a guard missed."""
+    events, writes, guards = held.events, held.writes, held.guards
+    held.events, held.writes, held.guards = [], [], []
+    if events:
+        counts = await write_events(tx, events, now_s=int(time.time()), writes=writes,
+                                    guards=guards)
+    elif guards:
+        counts = await direct(tx).execute_guarded("SELECT 1", writes=writes, guards=guards)
+    else:
         await direct(tx).write_all(writes)
+        return
+    for g, count in zip(guards, counts, strict=True):
+        if count != 1:  # a lost update would mean a missing lock: never continue silently
+            raise RuntimeError(f"concurrent update of {g[0].name} {dict(g[2])}")  # type: ignore[misc]
 
 
 async def record_event(
@@ -89,7 +109,7 @@ async def record_event(
     if held is not None:
         held.writes.extend(writes)
         held.events.append(row)
-        if not hold:
+        if not (hold or held.keep):
             await flush(tx, held)
         return event
     if hold:

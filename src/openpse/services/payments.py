@@ -362,19 +362,26 @@ async def change_status(
     ``writes``: writes of other tables made with the event (one round trip on PostgreSQL).
     ``held``: what the caller holds back (``Held``), written with the event; when it holds
     the payment's insert, the insert takes the new row instead of an update following it
-    (the same row and version in the end), and with no event it stays held."""
+    (the same row and version in the end); otherwise the version-checked update is held as a
+    guard (checked when written). With no event it all stays held."""
     if new_status != row["status"]:
         assert_transition(row["id"], row["status"], new_status, action=action)
     before = payment_view(row)
-    at = held.holds_insert(payments, row["id"]) if held is not None else None
-    if at is None:
+    if held is None:
         new = await update_versioned(tx, payments, row, {**values, "status": new_status},
                                      now=now)
     else:
-        assert held is not None
-        new = {**row, **values, "status": new_status, "updated": now,
-               "version": row["version"] + 1}
-        held.writes[at] = (payments, new)
+        changes = {**values, "status": new_status, "updated": now,
+                   "version": row["version"] + 1}
+        new = {**row, **changes}
+        at = held.holds_insert(payments, row["id"])
+        if at is not None:
+            held.writes[at] = (payments, new)
+        elif (g := held.guard_for(payments, row["id"])) is not None:
+            table, held_values, where = held.guards[g]  # type: ignore[misc]
+            held.guards[g] = (table, {**held_values, **changes}, where)
+        else:
+            held.guards.append((payments, changes, {"id": row["id"], "version": row["version"]}))
     Amounts(new["amount"], new["amount_capturable"], new["amount_received"],
             new["amount_refunded"]).check()
     etype = EVENT_FOR_STATUS.get(new_status) if event_type == "default" else event_type
@@ -665,12 +672,19 @@ async def apply_result(
                     "attempt": attempt_id, "operation": operation, "outcome": result.outcome,
                     "status_at_arrival": row["status"]}, now)
             return row
-        handler = _APPLY[operation]  # the attempt's update rides with the status change
+        # The attempt's update, the payment's (version-checked), its event and journal and the
+        # request's stored answer are held and made together: one statement on PostgreSQL.
+        # Until the flush the database holds the payment as it was: the hooks that run in
+        # between (checkout) work on the new row they are given, and read no payment.
+        held = Held(keep=True)
+        handler = _APPLY[operation]
         new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now,
-                                            [finished])
+                                            [finished], held)
         if (respond_status is not None and caller is not None and caller.respond is not None
                 and new["status"] != Status.FAILED):
-            await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)))
+            await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)),
+                                 held.writes)
+        await flush(tx, held)
         return new
 
 
@@ -698,7 +712,7 @@ async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any
 # in the status change's statement.
 async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                            result: ConnectorResult, attempt: Any, now: int,
-                           writes: list[Write]) -> dict[str, Any]:
+                           writes: list[Write], held: Held) -> dict[str, Any]:
     m, cur, amt = row["merchant_id"], row["currency"], row["amount"]
     ref = result.connector_reference
     if result.outcome == Outcome.CAPTURED:
@@ -711,62 +725,62 @@ async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: di
         new = await change_status(tx, caller, row, Status.SUCCEEDED, {
             "amount_received": amt, "amount_capturable": 0, "fee": fee,
             "connector_reference": ref, "captured_at": clock, "next_action": None}, now=now,
-            action="capture", writes=writes)
+            action="capture", writes=writes, held=held)
     elif result.outcome == Outcome.AUTHORIZED:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]),
                            kind="authorization", reference_id=row["id"],
                            entries=ledger.authorization(m, cur, amt), now=now, writes=writes)
         new = await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
             "amount_capturable": amt, "connector_reference": ref, "next_action": None},
-            now=now, action="authorize", writes=writes)
+            now=now, action="authorize", writes=writes, held=held)
     elif result.outcome == Outcome.REQUIRES_ACTION:
         url = svc.public_url(caller, f"/sandbox/3ds/{row['id']}?token={svc.page_token(row['id'])}")
         new = await change_status(tx, caller, row, Status.REQUIRES_ACTION, {
             "connector_reference": ref,
             "next_action": {"type": "redirect_to_url", "url": url,
                             "return_url": row["return_url"]}}, now=now, action="authenticate",
-            writes=writes)
+            writes=writes, held=held)
     else:  # declined, or an acquirer fault
         new = await change_status(tx, caller, row, Status.FAILED, {
             "failure_code": result.decline_code or "processing_error",
             "failure_message": result.message or "The acquirer could not process the card.",
             "connector_reference": ref, "next_action": None}, now=now, action="fail",
-            writes=writes)
+            writes=writes, held=held)
     await _after_payment_change(tx, caller, new, now)
     return new
 
 
 async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                          result: ConnectorResult, attempt: Any, now: int,
-                         writes: list[Write]) -> dict[str, Any]:
+                         writes: list[Write], held: Held) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.CAPTURED:  # capture refused: the hold stays, capture again
         return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
             "failure_code": result.decline_code, "failure_message": result.message}, now=now,
-            action="capture", event_type="payment.capture_failed", writes=writes)
+            action="capture", event_type="payment.capture_failed", writes=writes, held=held)
     amount = int(attempt.amount)
-    held = row["amount_capturable"]
+    on_hold = row["amount_capturable"]
     pricing, clock = await merchant_terms(svc, tx, row)
     fee = ledger.fee_for(pricing, "card", cur, amount)
     entries = ledger.capture(m, cur, amount, fee, held=True)
-    if held > amount:
-        entries += ledger.release(m, cur, held - amount)
+    if on_hold > amount:
+        entries += ledger.release(m, cur, on_hold - amount)
     await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
                        reference_id=row["id"], entries=entries, now=now, writes=writes)
     new = await change_status(tx, caller, row, Status.SUCCEEDED, {
         "amount_received": amount, "amount_capturable": 0, "fee": fee, "captured_at": clock},
-        now=now, action="capture", writes=writes)
+        now=now, action="capture", writes=writes, held=held)
     await _after_payment_change(tx, caller, new, now)
     return new
 
 
 async def _apply_void(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                       result: ConnectorResult, attempt: Any, now: int,
-                      writes: list[Write]) -> dict[str, Any]:
+                      writes: list[Write], held: Held) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.SUCCEEDED:
         return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {}, now=now,
-                                   action="cancel", event_type=None, writes=writes)
+                                   action="cancel", event_type=None, writes=writes, held=held)
     if row["amount_capturable"]:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="release",
                            reference_id=row["id"],
@@ -775,7 +789,7 @@ async def _apply_void(svc: Services, tx: Tx, caller: Caller | None, row: dict[st
     reason = (attempt.raw or {}).get("cancellation_reason")
     new = await change_status(tx, caller, row, Status.CANCELED, {
         "amount_capturable": 0, "cancellation_reason": reason, "canceled_at": now,
-        "next_action": None}, now=now, action="cancel", writes=writes)
+        "next_action": None}, now=now, action="cancel", writes=writes, held=held)
     await _after_payment_change(tx, caller, new, now)
     return new
 

@@ -187,6 +187,15 @@ def _update_sql(table: Table, cols: tuple[str, ...], where: tuple[str, ...], tag
     return sql
 
 
+_GUARDED: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]], str] = {}
+
+
+def _as_update(w: Write) -> tuple[Table, Mapping[str, Any], Mapping[str, Any]]:
+    if len(w) != 3:
+        raise ValueError("a guard is an update: (table, values, where)")
+    return w
+
+
 class Direct:
     """The driver connection of one pooled connection (one per pooled connection, reused)."""
 
@@ -232,6 +241,37 @@ class Direct:
             raise IntegrityError(sql, params, exc) from exc
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
+
+    async def execute_guarded(self, sql: str, params: Mapping[str, Any] | None = None, *,
+                              writes: Writes = (), guards: Sequence[Write] = ()) -> list[int]:
+        """:meth:`execute` with ``guards``: updates ``(table, values, where)`` made with it whose
+        row counts it returns, in order (a version-checked update's count is its lost-update
+        guard: the caller raises, rolling the transaction back, unless it is 1). PostgreSQL:
+        one statement (``sql``, which must not have a WITH of its own, runs in its WITH too);
+        SQLite: the guards, then the writes, then ``sql``."""
+        if self._lite is not None or not guards:
+            counts = [await self.write(g) for g in guards]
+            await self.execute(sql, params, writes=writes)
+            return counts
+        merged = dict(params or {})
+        for k, (table, values, where) in enumerate(_as_update(g) for g in guards):
+            merged.update(_update_params(table, values, where, f"g{k}_"))
+        key = (sql, tuple((g[0].name, tuple(g[1]), tuple(_as_update(g)[2])) for g in guards))
+        text = _GUARDED.get(key)
+        if text is None:
+            ctes = [f"g{k} AS ({_update_sql(table, tuple(values), tuple(where), f'g{k}_')} "
+                    "RETURNING 1)"
+                    for k, (table, values, where) in enumerate(_as_update(g) for g in guards)]
+            counts_sql = ", ".join(f"(SELECT count(*) FROM g{k})" for k in range(len(guards)))
+            text = _GUARDED[key] = (f"WITH {', '.join(ctes)}, m AS ({sql}) "
+                                    f"SELECT {counts_sql}")
+        full, merged = _with_writes(text, merged, writes) if writes else (text, merged)
+        pg, names = _pg(full)
+        try:
+            record = await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
+        except _PG_INTEGRITY as exc:
+            raise IntegrityError(full, merged, exc) from exc
+        return [int(c) for c in record]
 
     async def executemany(self, sql: str, rows: Iterable[Mapping[str, Any]]) -> None:
         try:

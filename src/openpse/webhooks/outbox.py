@@ -116,7 +116,7 @@ async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int, writes: Writes
 
 
 async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
-                       writes: Writes = ()) -> None:
+                       writes: Writes = (), guards: Writes = ()) -> list[int]:
     """Insert ``events`` rows (their columns in ``rows``: one merchant's, one mode) and a
     pending delivery of each per enabled endpoint subscribed to its type, in the caller's
     transaction, in order.
@@ -125,17 +125,19 @@ async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
     ``INSERT ... SELECT`` from the endpoints, at most ``MAX_ENDPOINTS_PER_EVENT`` an event),
     one round trip whether or not the merchant has endpoints. SQLite (no round trips): each
     event's INSERT, then :func:`enqueue_for_event`. ``writes``: made with the events, in the
-    same statement (``Direct.execute``). A delivery id there is the milliseconds of
+    same statement (``Direct.execute``); ``guards``: updates made with them whose row counts
+    are returned (``Direct.execute_guarded``). A delivery id there is the milliseconds of
     ``new_id`` and 64 random bits from the server.
     """
     d = direct(tx)
     if d.is_sqlite:
+        counts = [await d.write(g) for g in guards]
         await d.write_all(writes)
         for row in rows:
             await d.execute(_INSERT_EVENT, row)
             await enqueue_for_event(tx, row["type"], row["id"], merchant_id=row["merchant_id"],
                                     livemode=bool(row["livemode"]), now_s=now_s)
-        return
+        return counts
     merchant_id, livemode = rows[0]["merchant_id"], rows[0]["livemode"]
     params: dict[str, Any] = {"merchant_id": merchant_id, "livemode": livemode, "now": now_s,
                               "n": MAX_ENDPOINTS_PER_EVENT,
@@ -144,8 +146,8 @@ async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
         if (row["merchant_id"], row["livemode"]) != (merchant_id, livemode):
             raise ValueError("events written together must be one merchant's, in one mode")
         params[f"e{i}_id"], params[f"e{i}_type"] = row["id"], row["type"]
-    await d.execute(_deliveries_sql(len(rows)), params,
-                    writes=[*writes, *((events, row) for row in rows)])
+    return await d.execute_guarded(_deliveries_sql(len(rows)), params, guards=guards,
+                                   writes=[*writes, *((events, row) for row in rows)])
 
 
 _INSERT_EVENT = ("INSERT INTO events (id, merchant_id, livemode, type, object_id, payload, created)"
