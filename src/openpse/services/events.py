@@ -58,7 +58,6 @@ class Held:
                 return i
         return None
 
-
     def guard_for(self, table: Table, row_id: str) -> int | None:
         """The index in ``guards`` of the held update of ``table``'s row ``row_id``, if any."""
         for i, g in enumerate(self.guards):

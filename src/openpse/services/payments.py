@@ -708,8 +708,8 @@ async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any
     return review_id
 
 
-# The handlers of an answer: ``writes`` (the attempt's update, then the journal's rows) are made
-# in the status change's statement.
+# The handlers of an answer: ``writes`` (the attempt's update, then the journal's rows) go with
+# the status change into ``held``, which ``apply_result`` writes in one statement.
 async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                            result: ConnectorResult, attempt: Any, now: int,
                            writes: list[Write], held: Held) -> dict[str, Any]:
