@@ -94,6 +94,9 @@ class Database:
         self.is_sqlite = self.dialect == "sqlite"
         self._idle_writers: list[tuple[AsyncConnection, float]] = []
         self._writers_open = 0
+        # Read connections kept open between reads, as the writers are (at most this many).
+        self._idle_readers: list[tuple[AsyncConnection, float]] = []
+        self._readers_kept = SQLITE_READERS if self.is_sqlite else PG_POOL_SIZE - PG_WRITERS
         # Waiters are served in order, one per connection returned.
         self._writer_slots = asyncio.Semaphore(1 if self.is_sqlite else PG_WRITERS)
         if self.is_sqlite:
@@ -219,9 +222,40 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only snapshot (never blocks behind the SQLite writer)."""
-        async with self.read_engine.connect() as conn:
+        """A read-only snapshot (never blocks behind the SQLite writer). Read connections are
+        kept open between reads like the writers (a pool checkout and return cost ≈ 0.1 ms of
+        CPU, as much as a read); a transaction a read began is rolled back when it ends."""
+        conn = await self._checkout_reader()
+        try:
             yield conn
+        finally:
+            await self._give_back_reader(conn)
+
+    async def _checkout_reader(self) -> AsyncConnection:
+        while self._idle_readers:
+            conn, since = self._idle_readers.pop()
+            if time.monotonic() - since < PING_IDLE_AFTER_S or await _alive(conn):
+                return conn
+            with contextlib.suppress(Exception):
+                await conn.close()
+        return await self.read_engine.connect()
+
+    async def _give_back_reader(self, conn: AsyncConnection) -> None:
+        """Keep a read connection for the next read, ended cleanly; close (return to the
+        pool) one that is broken, still in a transaction, or one too many."""
+        try:
+            if not (conn.closed or conn.invalidated) and conn.in_transaction():
+                await conn.rollback()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        if (conn.closed or conn.invalidated or conn.in_transaction()
+                or len(self._idle_readers) >= self._readers_kept):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        else:
+            self._idle_readers.append((conn, time.monotonic()))
 
     async def ping(self) -> bool:
         try:
@@ -232,6 +266,10 @@ class Database:
             return False
 
     async def dispose(self) -> None:
+        while self._idle_readers:
+            conn, _ = self._idle_readers.pop()
+            with contextlib.suppress(Exception):
+                await conn.close()
         while self._idle_writers:
             conn, _ = self._idle_writers.pop()
             self._writers_open -= 1
