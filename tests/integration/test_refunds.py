@@ -78,6 +78,31 @@ async def test_partial_then_full_refund(merchant, services):
     assert not await ledger_problems(services)
 
 
+
+async def test_a_refund_leaves_each_row_one_version_per_change_and_an_event_for_each(
+        merchant, services):
+    """A card refund's first transaction (the refund, the payment's reserved amount, two
+    events, the attempt) and its answer's (the journal, both rows, two events) are each made
+    together: every change still moves its row one version, and the stored rows are what the
+    last events carry."""
+    raw = merchant.raw()
+    p = _paid(raw, 1000)
+    res = raw.post("/v1/refunds", {"payment": p["id"], "amount": 300})
+    assert res.status_code == 201, res.text
+    ref = res.json()
+    pay_evs = [e for e in await payment_events(services, p["id"])
+               if e["data"]["object"]["version"] > p["version"]]
+    assert [(e["type"], e["data"]["object"]["version"], e["data"]["object"]["amount_refunded"])
+            for e in pay_evs] == [("payment.refund_pending", p["version"] + 1, 300),
+                                  ("payment.refunded", p["version"] + 2, 300)]
+    assert pay_evs[0]["data"]["previous_attributes"]["amount_refunded"] == 0
+    assert raw.get(f"/v1/payments/{p['id']}").json() == pay_evs[-1]["data"]["object"]
+    ref_evs = await payment_events(services, ref["id"])
+    assert [(e["type"], e["data"]["object"]["status"]) for e in ref_evs] == [
+        ("refund.created", "pending"), ("refund.succeeded", "succeeded")]
+    assert raw.get(f"/v1/refunds/{ref['id']}").json() == ref == ref_evs[-1]["data"]["object"]
+    assert not await ledger_problems(services)
+
 async def test_refund_too_large_and_invalid_amounts_write_nothing(merchant, services):
     raw = merchant.raw()
     p = _paid(raw, 500)

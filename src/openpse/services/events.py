@@ -65,6 +65,23 @@ class Held:
                 return i
         return None
 
+    def update(self, table: Table, row: dict[str, Any], values: dict[str, Any], *, now: int
+               ) -> dict[str, Any]:
+        """``repos.update_versioned`` held: returns the new row (``version`` + 1), written when
+        this is flushed, as a guard checked then. A held insert of the row takes the new row
+        instead; a second update of a row joins its first (one row is written once in a
+        statement)."""
+        changes = {**values, "updated": now, "version": row["version"] + 1}
+        new = {**row, **changes}
+        if (at := self.holds_insert(table, row["id"])) is not None:
+            self.writes[at] = (table, new)
+        elif (g := self.guard_for(table, row["id"])) is not None:
+            _, held_values, where = self.guards[g]  # type: ignore[misc]
+            self.guards[g] = (table, {**held_values, **changes}, where)
+        else:
+            self.guards.append((table, changes, {"id": row["id"], "version": row["version"]}))
+        return new
+
 
 async def flush(tx: Tx, held: Held) -> None:
     """Write what ``held`` holds (nothing when it is empty); raise if a guard missed."""

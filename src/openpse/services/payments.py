@@ -371,17 +371,7 @@ async def change_status(
         new = await update_versioned(tx, payments, row, {**values, "status": new_status},
                                      now=now)
     else:
-        changes = {**values, "status": new_status, "updated": now,
-                   "version": row["version"] + 1}
-        new = {**row, **changes}
-        at = held.holds_insert(payments, row["id"])
-        if at is not None:
-            held.writes[at] = (payments, new)
-        elif (g := held.guard_for(payments, row["id"])) is not None:
-            table, held_values, where = held.guards[g]  # type: ignore[misc]
-            held.guards[g] = (table, {**held_values, **changes}, where)
-        else:
-            held.guards.append((payments, changes, {"id": row["id"], "version": row["version"]}))
+        new = held.update(payments, row, {**values, "status": new_status}, now=now)
     Amounts(new["amount"], new["amount_capturable"], new["amount_received"],
             new["amount_refunded"]).check()
     etype = EVENT_FOR_STATUS.get(new_status) if event_type == "default" else event_type

@@ -26,10 +26,10 @@ from openpse.domain.money import parse_amount
 from openpse.domain.payments import Status
 from openpse.services.clock import merchant_now, offset_sql
 from openpse.services.context import Caller, Services
-from openpse.services.events import changed_fields, record_event
+from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.payments import (
     DEFAULT_CONNECTOR,
-    _new_attempt,
+    _attempt_row,
     _recovery_point,
     validate_metadata,
 )
@@ -84,20 +84,24 @@ async def create_refund(svc: Services, caller: Caller, payment_id: str, amount: 
             "failure_message": None, "destination": None, "source": "payment",
             "completes_at": None, "created": now, "updated": now, "version": 1,
         }
-        await tx.execute(insert(refunds).values(**refund))
+        # The refund, the payment's update (version-checked), both events and the attempt are
+        # held and made together: one statement on PostgreSQL.
+        held = Held(keep=True, writes=[(refunds, refund)])
         before = payment_view(pay)
-        pay = await update_versioned(tx, payments, pay,
-                                     {"amount_refunded": pay["amount_refunded"] + amt}, now=now)
+        pay = held.update(payments, pay, {"amount_refunded": pay["amount_refunded"] + amt},
+                          now=now)
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="refund.created",
-                           obj=refund_view(refund), previous=None, now=now)
+                           obj=refund_view(refund), previous=None, now=now, held=held)
         after = payment_view(pay)
         await record_event(tx, caller=caller, merchant_id=caller.merchant_id,
                            livemode=caller.livemode, type="payment.refund_pending", obj=after,
-                           previous=changed_fields(before, after), now=now)
-        attempt_id = await _new_attempt(tx, pay, "refund", amt, now, refund_id=refund["id"])
+                           previous=changed_fields(before, after), now=now, held=held)
+        attempt = _attempt_row(pay, "refund", amt, now, refund_id=refund["id"])
+        held.writes.append((payment_attempts, attempt))
         await _recovery_point(tx, caller, refund["id"])
-    return await _execute(svc, caller, refund, pay, attempt_id)
+        await flush(tx, held)
+    return await _execute(svc, caller, refund, pay, str(attempt["id"]))
 
 
 async def _create_bank_refund(svc: Services, tx: Tx, caller: Caller, pay: dict[str, Any],
@@ -230,29 +234,33 @@ async def _finish(tx: Tx, caller: Caller | None, ref: dict[str, Any], ok: bool,
     m, cur, lm = ref["merchant_id"], ref["currency"], bool(ref["livemode"])
     pay = await load_scoped(tx, payments, ref["payment_id"], merchant_id=m, livemode=lm,
                             lock=True, what="payment")
+    # The journal, both rows' version-checked updates and the events are held and made
+    # together: one statement on PostgreSQL.
+    held = Held(keep=True)
     before_ref = refund_view(ref)
     if ok:
         await post_journal(tx, merchant_id=m, livemode=lm, kind="refund", reference_id=ref["id"],
-                           entries=ledger.refund(m, cur, ref["amount"]), now=now)
-        new = await update_versioned(tx, refunds, ref, {"status": "succeeded"}, now=now)
+                           entries=ledger.refund(m, cur, ref["amount"]), now=now,
+                           writes=held.writes)
+        new = held.update(refunds, ref, {"status": "succeeded"}, now=now)
         etype = "refund.succeeded"
         before_pay = payment_view(pay)
-        pay = await update_versioned(tx, payments, pay, {}, now=now)
+        pay = held.update(payments, pay, {}, now=now)
         after_pay = payment_view(pay)
         await record_event(tx, caller=caller, merchant_id=m, livemode=lm,
                            type="payment.refunded", obj=after_pay,
-                           previous=changed_fields(before_pay, after_pay), now=now)
+                           previous=changed_fields(before_pay, after_pay), now=now, held=held)
     else:
-        new = await update_versioned(tx, refunds, ref, {
+        new = held.update(refunds, ref, {
             "status": "failed", "failure_code": result.decline_code or "refund_failed",
             "failure_message": result.message}, now=now)
         etype = "refund.failed"
-        await update_versioned(tx, payments, pay,
-                               {"amount_refunded": pay["amount_refunded"] - ref["amount"]},
-                               now=now)
+        held.update(payments, pay, {"amount_refunded": pay["amount_refunded"] - ref["amount"]},
+                    now=now)
     after = refund_view(new)
     await record_event(tx, caller=caller, merchant_id=m, livemode=lm, type=etype, obj=after,
-                       previous=changed_fields(before_ref, after), now=now)
+                       previous=changed_fields(before_ref, after), now=now, held=held)
+    await flush(tx, held)
     return after
 
 
