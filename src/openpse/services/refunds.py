@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from openpse.connectors.base import ConnectorResult, Outcome
 from openpse.domain import bank_details, ledger
@@ -35,8 +35,9 @@ from openpse.services.payments import (
 )
 from openpse.services.views import payment_view, refund_view
 from openpse.storage.db import Tx
+from openpse.storage.direct import Write, decode, direct
 from openpse.storage.ledger import post_journal
-from openpse.storage.repos import load_scoped, update_versioned
+from openpse.storage.repos import load_scoped, missing, update_versioned
 from openpse.storage.rows import apply_page, page_result, row_dict
 from openpse.storage.tables import merchants, payment_attempts, payments, refunds
 
@@ -214,29 +215,51 @@ async def apply_refund_result(svc: Services, caller: Caller | None, refund_id: s
                               attempt_id: str, result: ConnectorResult) -> dict[str, Any]:
     now = svc.now()
     async with svc.db.transaction() as tx:
-        ref = row_dict((await tx.execute(select(refunds).where(refunds.c.id == refund_id)))
-                       .first())
-        attempt = (await tx.execute(select(payment_attempts).where(
-            payment_attempts.c.id == attempt_id))).first()
+        ref, attempt_status, pay = await _lock_for_answer(tx, refund_id, attempt_id)
         if result.outcome == Outcome.PENDING or ref["status"] != "pending" or (
-                attempt is not None and attempt.status != "pending"):
+                attempt_status not in (None, "pending")):
             return refund_view(ref)
         ok = result.outcome == Outcome.SUCCEEDED
-        await tx.execute(update(payment_attempts).where(payment_attempts.c.id == attempt_id)
-                         .values(status="succeeded" if ok else "failed", updated=now,
-                                 connector_reference=result.connector_reference,
-                                 error_code=result.decline_code))
-        return await _finish(tx, caller, ref, ok, result, now)
+        finished = (payment_attempts, {
+            "status": "succeeded" if ok else "failed", "updated": now,
+            "connector_reference": result.connector_reference,
+            "error_code": result.decline_code}, {"id": attempt_id})
+        return await _finish(tx, caller, ref, pay, ok, result, now, writes=[finished])
 
 
-async def _finish(tx: Tx, caller: Caller | None, ref: dict[str, Any], ok: bool,
-                  result: ConnectorResult, now: int) -> dict[str, Any]:
+async def _lock_for_answer(tx: Tx, refund_id: str, attempt_id: str
+                           ) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """The refund, its attempt's status (None without one) and its payment, locked: one
+    statement (the payment is locked before the refund's state is looked at)."""
+    d = direct(tx)
+    sql = _FOR_ANSWER if d.is_sqlite else _FOR_ANSWER + " FOR UPDATE OF p"
+    row = await d.fetchone(sql, {"id": refund_id, "att": attempt_id})
+    if row is None:
+        raise missing("refund", refund_id)
+    ref = decode({c: row[f"r_{c}"] for c in _REFUND_COLUMNS}, refunds)
+    pay = decode({c: row[f"p_{c}"] for c in _PAYMENT_COLUMNS}, payments)
+    return ref, row["a_status"], pay
+
+
+_REFUND_COLUMNS = tuple(c.name for c in refunds.columns)
+_PAYMENT_COLUMNS = tuple(c.name for c in payments.columns)
+_FOR_ANSWER = (
+    "SELECT " + ", ".join(f'r."{c}" AS "r_{c}"' for c in _REFUND_COLUMNS) + ", "
+    + ", ".join(f'p."{c}" AS "p_{c}"' for c in _PAYMENT_COLUMNS) + ', a.status AS "a_status"'
+    " FROM refunds r JOIN payments p ON p.id = r.payment_id AND p.merchant_id = r.merchant_id"
+    " AND p.livemode = r.livemode LEFT JOIN payment_attempts a ON a.id = :att"
+    " WHERE r.id = :id")
+
+
+async def _finish(tx: Tx, caller: Caller | None, ref: dict[str, Any], pay: dict[str, Any],
+                  ok: bool, result: ConnectorResult, now: int, *, writes: list[Write]
+                  ) -> dict[str, Any]:
+    """The answer's changes (``pay`` is the refund's payment, locked); ``writes`` go with
+    them."""
     m, cur, lm = ref["merchant_id"], ref["currency"], bool(ref["livemode"])
-    pay = await load_scoped(tx, payments, ref["payment_id"], merchant_id=m, livemode=lm,
-                            lock=True, what="payment")
     # The journal, both rows' version-checked updates and the events are held and made
-    # together: one statement on PostgreSQL.
-    held = Held(keep=True)
+    # together with ``writes``: one statement on PostgreSQL.
+    held = Held(keep=True, writes=list(writes))
     before_ref = refund_view(ref)
     if ok:
         await post_journal(tx, merchant_id=m, livemode=lm, kind="refund", reference_id=ref["id"],
