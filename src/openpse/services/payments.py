@@ -45,7 +45,7 @@ from openpse.services.context import Caller, Services
 from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
-from openpse.storage.direct import Write, decode, direct
+from openpse.storage.direct import Write, decode, direct, prefixed, unprefixed
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import load_scoped, missing, update_versioned
 from openpse.storage.tables import (
@@ -435,8 +435,8 @@ async def _lock_with_attempt(tx: Tx, caller: Caller, payment_id: str, attempt_id
                                  "l": caller.livemode, "att": attempt_id})
     if row is None:
         raise missing("payment", payment_id)
-    attempt = decode({c: row.pop(f"a_{c}") for c in _ATTEMPT_COLUMNS}, payment_attempts)
-    terms = decode({c: row.pop(f"m_{c}") for c in _TERMS_COLUMNS}, merchants)
+    attempt = unprefixed(row, "a", _ATTEMPT_COLUMNS, payment_attempts)
+    terms = unprefixed(row, "m", _TERMS_COLUMNS, merchants)
     _terms_cache(tx)[row["merchant_id"]] = terms
     return (decode(row, payments),
             None if attempt["id"] is None else SimpleNamespace(**attempt))
@@ -445,8 +445,7 @@ async def _lock_with_attempt(tx: Tx, caller: Caller, payment_id: str, attempt_id
 _ATTEMPT_COLUMNS = tuple(c.name for c in payment_attempts.columns)
 _TERMS_COLUMNS = ("pricing", "sandbox_clock_offset_s")
 _LOCK_WITH_ATTEMPT = (
-    "SELECT p.*, " + ", ".join(f'a."{c}" AS "a_{c}"' for c in _ATTEMPT_COLUMNS) + ", "
-    + ", ".join(f'm."{c}" AS "m_{c}"' for c in _TERMS_COLUMNS)
+    f"SELECT p.*, {prefixed('a', _ATTEMPT_COLUMNS)}, {prefixed('m', _TERMS_COLUMNS)}"
     + " FROM payments p JOIN merchants m ON m.id = p.merchant_id"
     " LEFT JOIN payment_attempts a ON a.id = :att"
     " WHERE p.id = :id AND p.merchant_id = :m AND p.livemode = :l")

@@ -35,7 +35,7 @@ from openpse.services.payments import (
 )
 from openpse.services.views import payment_view, refund_view
 from openpse.storage.db import Tx
-from openpse.storage.direct import Write, decode, direct
+from openpse.storage.direct import Write, direct, prefixed, unprefixed
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import load_scoped, missing, update_versioned
 from openpse.storage.rows import apply_page, page_result, row_dict
@@ -236,16 +236,16 @@ async def _lock_for_answer(tx: Tx, refund_id: str, attempt_id: str
     row = await d.fetchone(sql, {"id": refund_id, "att": attempt_id})
     if row is None:
         raise missing("refund", refund_id)
-    ref = decode({c: row[f"r_{c}"] for c in _REFUND_COLUMNS}, refunds)
-    pay = decode({c: row[f"p_{c}"] for c in _PAYMENT_COLUMNS}, payments)
+    ref = unprefixed(row, "r", _REFUND_COLUMNS, refunds)
+    pay = unprefixed(row, "p", _PAYMENT_COLUMNS, payments)
     return ref, row["a_status"], pay
 
 
 _REFUND_COLUMNS = tuple(c.name for c in refunds.columns)
 _PAYMENT_COLUMNS = tuple(c.name for c in payments.columns)
 _FOR_ANSWER = (
-    "SELECT " + ", ".join(f'r."{c}" AS "r_{c}"' for c in _REFUND_COLUMNS) + ", "
-    + ", ".join(f'p."{c}" AS "p_{c}"' for c in _PAYMENT_COLUMNS) + ', a.status AS "a_status"'
+    f"SELECT {prefixed('r', _REFUND_COLUMNS)}, {prefixed('p', _PAYMENT_COLUMNS)}, "
+    'a.status AS "a_status"'
     " FROM refunds r JOIN payments p ON p.id = r.payment_id AND p.merchant_id = r.merchant_id"
     " AND p.livemode = r.livemode LEFT JOIN payment_attempts a ON a.id = :att"
     " WHERE r.id = :id")

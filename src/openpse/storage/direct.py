@@ -34,7 +34,8 @@ from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Direct", "Write", "Writes", "decode", "direct", "json_param"]
+__all__ = ["Direct", "Write", "Writes", "decode", "direct", "json_param", "prefixed",
+           "unprefixed"]
 
 # Writes made with a statement: (table, row) inserts, (table, values, where) updates; values as
 # column -> value with JSON columns as Python values.
@@ -100,6 +101,18 @@ def decode(row: dict[str, Any], table: Table | None) -> dict[str, Any]:
         if v is not None:
             row[name] = bool(v)
     return row
+
+
+def prefixed(alias: str, columns: Iterable[str]) -> str:
+    """``alias``'s ``columns`` as ``alias."c" AS "alias_c"``: several tables' rows in one
+    statement's result, taken apart again by :func:`unprefixed`."""
+    return ", ".join(f'{alias}."{c}" AS "{alias}_{c}"' for c in columns)
+
+
+def unprefixed(row: dict[str, Any], alias: str, columns: Iterable[str],
+               table: Table | None) -> dict[str, Any]:
+    """The columns :func:`prefixed` added for ``alias``, taken out of ``row`` and decoded."""
+    return decode({c: row.pop(f"{alias}_{c}") for c in columns}, table)
 
 
 def _encode(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
