@@ -53,17 +53,11 @@ class Held:
 
     def holds_insert(self, table: Table, row_id: str) -> int | None:
         """The index in ``writes`` of the held insert of ``table``'s row ``row_id``, if any."""
-        for i, w in enumerate(self.writes):
-            if len(w) == 2 and w[0] is table and w[1].get("id") == row_id:
-                return i
-        return None
+        return _index_of(self.writes, table, row_id, 1)
 
     def guard_for(self, table: Table, row_id: str) -> int | None:
         """The index in ``guards`` of the held update of ``table``'s row ``row_id``, if any."""
-        for i, g in enumerate(self.guards):
-            if g[0] is table and g[2].get("id") == row_id:  # type: ignore[misc]
-                return i
-        return None
+        return _index_of(self.guards, table, row_id, 2)
 
     def update(self, table: Table, row: dict[str, Any], values: dict[str, Any], *, now: int
                ) -> dict[str, Any]:
@@ -81,6 +75,16 @@ class Held:
         else:
             self.guards.append((table, changes, {"id": row["id"], "version": row["version"]}))
         return new
+
+
+def _index_of(writes: list[Write], table: Table, row_id: str, part: int) -> int | None:
+    """The first write to ``table`` of ``len(write) == part + 1`` whose ``write[part]`` (an
+    insert's row, an update's where) has ``id`` ``row_id``."""
+    for i, w in enumerate(writes):
+        cols: Any = w[-1]  # len(w) == part + 1: w[part] is the last item
+        if len(w) == part + 1 and w[0] is table and cols.get("id") == row_id:
+            return i
+    return None
 
 
 async def flush(tx: Tx, held: Held) -> None:

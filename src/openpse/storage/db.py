@@ -206,13 +206,10 @@ class Database:
 
     async def _checkout(self) -> AsyncConnection:
         """An open write connection (the caller holds a writer slot)."""
-        while self._idle_writers:
-            conn, since = self._idle_writers.pop()
-            if time.monotonic() - since < PING_IDLE_AFTER_S or await _alive(conn):
-                return conn
-            self._writers_open -= 1
-            with contextlib.suppress(Exception):
-                await conn.close()
+        conn, dropped = await _live_idle(self._idle_writers)
+        self._writers_open -= dropped
+        if conn is not None:
+            return conn
         self._writers_open += 1
         try:
             return await self.engine.connect()
@@ -232,13 +229,8 @@ class Database:
             await self._give_back_reader(conn)
 
     async def _checkout_reader(self) -> AsyncConnection:
-        while self._idle_readers:
-            conn, since = self._idle_readers.pop()
-            if time.monotonic() - since < PING_IDLE_AFTER_S or await _alive(conn):
-                return conn
-            with contextlib.suppress(Exception):
-                await conn.close()
-        return await self.read_engine.connect()
+        conn, _ = await _live_idle(self._idle_readers)
+        return conn if conn is not None else await self.read_engine.connect()
 
     async def _give_back_reader(self, conn: AsyncConnection) -> None:
         """Keep a read connection for the next read, ended cleanly; close (return to the
@@ -281,6 +273,21 @@ class Database:
 
 
 PING_IDLE_AFTER_S = 10.0
+
+
+async def _live_idle(idle: list[tuple[AsyncConnection, float]]
+                     ) -> tuple[AsyncConnection | None, int]:
+    """The most recently kept connection of ``idle`` that is alive (one idle for
+    ``PING_IDLE_AFTER_S`` is pinged first), or None; and how many dead ones were closed."""
+    dropped = 0
+    while idle:
+        conn, since = idle.pop()
+        if time.monotonic() - since < PING_IDLE_AFTER_S or await _alive(conn):
+            return conn, dropped
+        dropped += 1
+        with contextlib.suppress(Exception):
+            await conn.close()
+    return None, dropped
 
 
 async def _alive(conn: AsyncConnection) -> bool:
