@@ -212,6 +212,30 @@ async def test_events_held_back_and_written_together_fan_out_each_by_its_type(
         assert (await event_log.get_event_payload(hooks, caller, event_id)).startswith("{")
 
 
+async def test_events_of_two_merchants_are_never_written_together(
+    hooks: Services, caller: Caller
+) -> None:
+    """One statement fans out to one merchant's endpoints: held events of another merchant (or
+    mode) are refused on both backends before anything is written."""
+    from openpse.services.events import Held, flush, record_event
+
+    stranger = await new_caller(hooks)
+    obj = {"id": "pay_two_merchants", "object": "payment"}
+    with pytest.raises(ValueError, match="one merchant's, in one mode"):
+        async with hooks.db.transaction() as tx:
+            held = Held(keep=True)
+            for who in (caller, stranger):
+                await record_event(tx, caller=None, merchant_id=who.merchant_id,
+                                   livemode=who.livemode, type="payment.created", obj=obj,
+                                   previous=None, now=hooks.now(), held=held)
+            await flush(tx, held)
+    for who in (caller, stranger):
+        page = await event_log.list_events(hooks, who, limit=10, cursor=None, type=None,
+                                           object_id="pay_two_merchants", created_gte=None,
+                                           created_lt=None)
+        assert page["data"] == []
+
+
 async def test_a_failing_receiver_gets_the_event_later_with_the_same_id(
     hooks: Services, caller: Caller, runner: DeliveryRunner
 ) -> None:

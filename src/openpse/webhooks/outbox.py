@@ -129,6 +129,9 @@ async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
     are returned (``Direct.execute_guarded``). A delivery id there is the milliseconds of
     ``new_id`` and 64 random bits from the server.
     """
+    merchant_id, livemode = rows[0]["merchant_id"], rows[0]["livemode"]
+    if any((row["merchant_id"], row["livemode"]) != (merchant_id, livemode) for row in rows):
+        raise ValueError("events written together must be one merchant's, in one mode")
     d = direct(tx)
     if d.is_sqlite:
         counts = [await d.write(g) for g in guards]
@@ -138,13 +141,10 @@ async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
             await enqueue_for_event(tx, row["type"], row["id"], merchant_id=row["merchant_id"],
                                     livemode=bool(row["livemode"]), now_s=now_s)
         return counts
-    merchant_id, livemode = rows[0]["merchant_id"], rows[0]["livemode"]
     params: dict[str, Any] = {"merchant_id": merchant_id, "livemode": livemode, "now": now_s,
                               "n": MAX_ENDPOINTS_PER_EVENT,
                               "id_head": PREFIXES["delivery"] + new_id("")[:10]}
     for i, row in enumerate(rows):
-        if (row["merchant_id"], row["livemode"]) != (merchant_id, livemode):
-            raise ValueError("events written together must be one merchant's, in one mode")
         params[f"e{i}_id"], params[f"e{i}_type"] = row["id"], row["type"]
     return await d.execute_guarded(_deliveries_sql(len(rows)), params, guards=guards,
                                    writes=[*writes, *((events, row) for row in rows)])
