@@ -5,8 +5,9 @@ PostgreSQL: one async engine (asyncpg); concurrency is handled by row locks
 
 SQLite: WAL, ``synchronous=FULL`` (durable), and exactly one writer per process: write
 transactions queue for its one writer connection (a semaphore of one) and open with
-``BEGIN IMMEDIATE``, so two writers in different processes wait for each other
-(``busy_timeout``) instead of failing half-way.
+``BEGIN IMMEDIATE``, so two writers in different processes wait for each other instead of
+failing half-way: on a file lock a helper thread waits for (storage/sqlite_lock.py), so the
+waiting process's event loop keeps serving; ``busy_timeout`` for writers that do not take it.
 Reads use a separate small pool and never block on the writer (WAL readers see the last commit).
 """
 
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from openpse.storage.direct import direct
 from openpse.storage.inline_sqlite import inline_creator
+from openpse.storage.sqlite_lock import WriterFileLock, lock_path_for
 
 __all__ = ["Database", "FirstWrite", "Tx", "before_commit", "first_write"]
 
@@ -99,6 +101,8 @@ class Database:
         self._readers_kept = SQLITE_READERS if self.is_sqlite else PG_POOL_SIZE - PG_WRITERS
         # Waiters are served in order, one per connection returned.
         self._writer_slots = asyncio.Semaphore(1 if self.is_sqlite else PG_WRITERS)
+        # SQLite: the write lock between processes, taken without stalling the loop.
+        self._file_lock: WriterFileLock | None = None
         if self.is_sqlite:
             # One long-lived writer connection (the single writer), a few readers. Opening a
             # connection per unit of work costs a thread and the PRAGMAs each time.
@@ -106,9 +110,14 @@ class Database:
             # per statement, and the write lock is held only while real work is done. WAL
             # readers never wait for the writer, so inline reads do not stall the loop either.
             path = make_url(url).database or ""
+            lock_path = lock_path_for(path)
+            if lock_path is not None:
+                self._file_lock = WriterFileLock(lock_path,
+                                                 timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
             self.engine = create_async_engine(
                 url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S,
-                async_creator=inline_creator(path),
+                async_creator=inline_creator(
+                    path, None if self._file_lock is None else self._file_lock.release),
             )
             self.read_engine = create_async_engine(
                 url,
@@ -170,7 +179,7 @@ class Database:
     async def _unit(self) -> AsyncIterator[AsyncConnection]:
         # Write transactions run on connections this object keeps open (checking one out of
         # the engine's pool and resetting it on return cost more than many statements).
-        async with self._writer_slots:
+        async with self._writer_slots, self._between_processes():
             conn = await self._checkout()
             first = _FIRST_WRITE.get()
             if first is not None and not first.take():
@@ -193,6 +202,20 @@ class Database:
                 if first is not None:
                     first.rolled_back()
                 await self._give_back(conn)
+
+    @asynccontextmanager
+    async def _between_processes(self) -> AsyncIterator[None]:
+        """SQLite: hold the file lock that orders writers of all processes (sqlite_lock.py)
+        for the whole transaction, the commit's wait for the disk included."""
+        lock = self._file_lock
+        if lock is None:
+            yield
+            return
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     async def _give_back(self, conn: AsyncConnection) -> None:
         """Keep a write connection for the next writer, or close one that is broken or was

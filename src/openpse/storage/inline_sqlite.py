@@ -10,10 +10,12 @@ This module is a minimal stand-in with the shape of an ``aiosqlite`` connection 
 aiosqlite dialect drives (``create_async_engine(..., async_creator=...)``): every method is a
 coroutine that completes at once. The cost is that a statement blocks the loop while it runs,
 so it suits the short indexed statements of the request path; ``busy_timeout`` waits (another
-*process* holding the write lock) block the loop too. The one exception is COMMIT: with
+*process* holding the write lock) would block the loop too. The one exception is COMMIT: with
 ``synchronous=FULL`` it waits for the disk (an fsync of the WAL), and run inline that wait
 stalled every request queued behind it (a closed-loop run of 32 clients saw p99 ~450 ms and
 single requests of 8-9 s); it runs on a helper thread instead (p99 ~200 ms, max ~200 ms).
+``busy_timeout`` waits are rare since OpenPSE's writers first wait for each other on a file
+lock, off the loop (storage/sqlite_lock.py); that thread lets go of it once a commit is durable.
 """
 
 from __future__ import annotations
@@ -93,10 +95,12 @@ class InlineCursor:
 class InlineConnection:
     """What SQLAlchemy's aiosqlite adapter expects of an aiosqlite connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection,
+                 after_commit: Callable[[], None] | None = None) -> None:
         self._conn = conn
         self._connection: sqlite3.Connection | None = conn
         self._committer: ThreadPoolExecutor | None = None
+        self._after_commit = after_commit
 
     @property
     def raw(self) -> sqlite3.Connection:
@@ -121,7 +125,14 @@ class InlineConnection:
         # The writer slot stays held, so this changes no ordering.
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
-        await asyncio.get_running_loop().run_in_executor(self._committer, self._conn.commit)
+        await asyncio.get_running_loop().run_in_executor(self._committer, self._commit)
+
+    def _commit(self) -> None:
+        self._conn.commit()
+        if self._after_commit is not None:
+            # Straight from this thread: the loop may get back to the committing task only
+            # after other requests' steps, and another process should not wait for those.
+            self._after_commit()
 
     async def rollback(self) -> None:
         self._conn.rollback()
@@ -141,12 +152,14 @@ class InlineConnection:
             self._conn.close()
 
 
-def inline_creator(path: str) -> Callable[[], Any]:
-    """An ``async_creator`` for ``create_async_engine`` opening ``path`` inline."""
+def inline_creator(path: str, after_commit: Callable[[], None] | None = None
+                   ) -> Callable[[], Any]:
+    """An ``async_creator`` for ``create_async_engine`` opening ``path`` inline;
+    ``after_commit`` runs on the commit's thread once a commit is durable."""
 
     async def create() -> InlineConnection:
         # isolation_level=None: SQLAlchemy's "begin" hook issues BEGIN [IMMEDIATE] itself.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        return InlineConnection(conn)
+        return InlineConnection(conn, after_commit)
 
     return create
