@@ -528,6 +528,13 @@ def _pg_dsn(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+# A chunk's postings go to slot 0 of each account's balance (storage/ledger.py spreads a
+# server's transactions over the slots; any slot sums the same).
+ADD_TO_SLOT_0 = ("INSERT INTO ledger_balances (account_id, slot, balance) VALUES ({}, 0, {}) "
+                 "ON CONFLICT (account_id, slot) DO UPDATE SET "
+                 "balance = ledger_balances.balance + excluded.balance")
+
+
 async def _load_pg(opts: Options, merchant: dict[str, Any], out: Outcome) -> None:
     import asyncpg
 
@@ -544,8 +551,8 @@ async def _load_pg(opts: Options, merchant: dict[str, Any], out: Outcome) -> Non
         async with conn.transaction():
             for kind in account_kinds(_fee_possible(opts, merchant)):
                 await conn.execute(
-                    "INSERT INTO ledger_accounts (merchant_id, livemode, currency, kind, balance,"
-                    " created) VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT DO NOTHING",
+                    "INSERT INTO ledger_accounts (merchant_id, livemode, currency, kind, created)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                     merchant["merchant_id"], opts.livemode, opts.currency, kind, now)
                 accounts[kind] = await conn.fetchval(
                     "SELECT id FROM ledger_accounts WHERE merchant_id = $1 AND livemode = $2 "
@@ -559,13 +566,12 @@ async def _load_pg(opts: Options, merchant: dict[str, Any], out: Outcome) -> Non
                     await conn.copy_records_to_table(table, records=chunk.rows[table],
                                                      columns=COLUMNS[table])
                 for acct, delta in sorted(chunk.deltas.items()):
-                    await conn.execute("UPDATE ledger_accounts SET balance = balance + $1 "
-                                       "WHERE id = $2", delta, acct)
+                    await conn.execute(ADD_TO_SLOT_0.format("$1", "$2"), acct, delta)
             out.rows += chunk.row_count
         out.phases["copy_s"] = round(time.perf_counter() - t0, 2)
         if opts.vacuum:
             t1 = time.perf_counter()
-            await conn.execute("VACUUM (ANALYZE) " + ", ".join([*TABLE_ORDER, "ledger_accounts"]))
+            await conn.execute("VACUUM (ANALYZE) " + ", ".join([*TABLE_ORDER, "ledger_balances"]))
             out.phases["vacuum_analyze_s"] = round(time.perf_counter() - t1, 2)
     finally:
         await conn.close()
@@ -603,7 +609,7 @@ def _load_sqlite(opts: Options, merchant: dict[str, Any], out: Outcome) -> None:
         db.execute("BEGIN IMMEDIATE")
         for kind in account_kinds(_fee_possible(opts, merchant)):
             db.execute("INSERT INTO ledger_accounts (merchant_id, livemode, currency, kind, "
-                       "balance, created) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
+                       "created) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                        (merchant["merchant_id"], opts.livemode, opts.currency, kind, now))
             accounts[kind] = db.execute(
                 "SELECT id FROM ledger_accounts WHERE merchant_id = ? AND livemode = ? AND "
@@ -620,8 +626,7 @@ def _load_sqlite(opts: Options, merchant: dict[str, Any], out: Outcome) -> None:
                 for table in TABLE_ORDER:
                     db.executemany(sql[table], chunk.rows[table])
                 for acct, delta in sorted(chunk.deltas.items()):
-                    db.execute("UPDATE ledger_accounts SET balance = balance + ? WHERE id = ?",
-                               (delta, acct))
+                    db.execute(ADD_TO_SLOT_0.format("?", "?"), (acct, delta))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

@@ -241,8 +241,9 @@ async def test_verify_reports_every_kind_of_problem(services: Any, loaded: dict[
                 reference_id="pay_x", created=0))
             await tx.execute(insert(t.postings).values(
                 journal_id=journal, account_id=acct, currency="JPY", amount=7))
-            await tx.execute(update(t.ledger_accounts).where(t.ledger_accounts.c.id == acct)
-                             .values(balance=t.ledger_accounts.c.balance + 7 + 5))
+            await tx.execute(update(t.ledger_balances).where(t.ledger_balances.c.account_id == acct,
+                                                             t.ledger_balances.c.slot == 0)
+                             .values(balance=t.ledger_balances.c.balance + 7 + 5))
             rep = await verify_ledger(tx)
             assert rep.journals >= N + 1 and rep.postings >= 3 * N + 1
             problems = "\n".join(rep.problems)

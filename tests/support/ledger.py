@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from openpse.storage.ledger import account_balances
 from openpse.storage.ledger_verify import verify_ledger
 from openpse.storage.tables import (
     events,
@@ -80,9 +81,13 @@ async def journals_for(services: Any, reference_id: str) -> list[dict[str, Any]]
 
 
 async def merchant_balances(services: Any, merchant_id: str) -> dict[tuple[str, str], int]:
+    """Each of the merchant's accounts' balance: the sum of its slots (0 with none)."""
+    bal = account_balances()
     async with services.db.read() as conn:
         rows = (await conn.execute(
-            select(ledger_accounts.c.kind, ledger_accounts.c.currency, ledger_accounts.c.balance)
+            select(ledger_accounts.c.kind, ledger_accounts.c.currency,
+                   func.coalesce(bal.c.balance, 0).label("balance"))
+            .select_from(ledger_accounts.outerjoin(bal, bal.c.account_id == ledger_accounts.c.id))
             .where(ledger_accounts.c.merchant_id == merchant_id))).all()
     return {(r.kind, r.currency): int(r.balance) for r in rows}
 

@@ -3,23 +3,35 @@ checks the books.
 
 Posting is two statements however many postings a journal has: one multi-row insert of the
 postings and one balance update per touched account (accounts are created on first use).
+
+Balances are spread over slots (``ledger_balances``, migration 0007): a transaction adds its
+postings to one slot of each account, chosen at random among ``BALANCE_SLOTS``; an account's
+balance is the sum of its slots. All of a merchant's payments touch the same few accounts, and
+with one row per account they queued on its row lock from the update to the commit (and each
+update walked the row's chain of not yet pruned versions): measured on 2026-12-07, two API
+processes on PostgreSQL made 265-290 payments/s with the one row, 461-464/s without the update.
 """
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
 from openpse.storage.db import TX_SCOPED_INFO, Tx, before_commit
 from openpse.storage.direct import Write, direct
-from openpse.storage.tables import journals, ledger_accounts, postings
+from openpse.storage.tables import journals, ledger_accounts, ledger_balances, postings
 
-__all__ = ["balances_for", "post_journal"]
+__all__ = ["BALANCE_SLOTS", "account_balances", "balances_for", "post_journal"]
+
+# Slots per account: two of ten concurrent transactions pick the same one about 13 % of the
+# time (and wait only if their commits overlap); a balance read sums at most this many rows.
+BALANCE_SLOTS = 64
 
 
 # Account ids never change once committed, so each process remembers them: a journal then
@@ -62,7 +74,6 @@ async def _account_id(
                     livemode=livemode,
                     currency=currency,
                     kind=kind,
-                    balance=0,
                     created=now,
                 )
             )
@@ -121,23 +132,38 @@ _BALANCE_DELTAS = "balance_deltas"
 
 
 async def _apply_balance_deltas(tx: Tx) -> None:
-    """Add the transaction's postings to its accounts' balances, in account order (no
-    deadlocks between transactions touching the same accounts)."""
-    rows = [{"delta": delta, "id": acct}
+    """Add the transaction's postings to its accounts' balances: to one slot of each, in
+    account order (no deadlocks between transactions that picked the same slot)."""
+    slot = random.randrange(BALANCE_SLOTS)
+    rows = [{"id": acct, "slot": slot, "delta": delta}
             for acct, delta in sorted(tx.info[TX_SCOPED_INFO][_BALANCE_DELTAS].items()) if delta]
     if rows:  # one pipelined round trip on PostgreSQL; still applied (and locked) in order
         await direct(tx).executemany(_ADD_TO_BALANCE, rows)
 
 
-_ADD_TO_BALANCE = "UPDATE ledger_accounts SET balance = balance + :delta WHERE id = :id"
+_ADD_TO_BALANCE = (
+    "INSERT INTO ledger_balances (account_id, slot, balance) VALUES (:id, :slot, :delta) "
+    "ON CONFLICT (account_id, slot) DO UPDATE SET balance = ledger_balances.balance + "
+    "excluded.balance")
+
+
+def account_balances() -> Any:
+    """A subquery: ``account_id`` and its ``balance`` (the sum of its slots), for accounts with
+    a slot."""
+    return (select(ledger_balances.c.account_id,
+                   func.sum(ledger_balances.c.balance).label("balance"))
+            .group_by(ledger_balances.c.account_id).subquery())
 
 
 async def balances_for(conn: Tx, merchant_id: str, livemode: bool) -> dict[tuple[str, str], int]:
+    bal = account_balances()
     rows = (
         await conn.execute(
-            select(
-                ledger_accounts.c.kind, ledger_accounts.c.currency, ledger_accounts.c.balance
-            ).where(
+            select(ledger_accounts.c.kind, ledger_accounts.c.currency,
+                   func.coalesce(bal.c.balance, 0).label("balance"))
+            .select_from(ledger_accounts.outerjoin(bal,
+                                                   bal.c.account_id == ledger_accounts.c.id))
+            .where(
                 ledger_accounts.c.merchant_id == merchant_id, ledger_accounts.c.livemode == livemode
             )
         )

@@ -313,9 +313,19 @@ ledger_accounts = Table(
     Column("livemode", Boolean, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("kind", String(48), nullable=False),
-    Column("balance", BigInteger, nullable=False, server_default="0"),  # debits minus credits
     Column("created", BigInteger, nullable=False),
     UniqueConstraint("merchant_id", "livemode", "currency", "kind", name="uq_ledger_account"),
+)
+
+# An account's balance (debits minus credits) is the sum of its rows here (migration 0007):
+# each transaction adds its postings to one slot, chosen at random, so concurrent payments of
+# one merchant update different rows instead of queueing on one hot row (storage/ledger.py).
+ledger_balances = Table(
+    "ledger_balances",
+    metadata,
+    Column("account_id", BigInteger, ForeignKey("ledger_accounts.id"), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("balance", BigInteger, nullable=False),
 )
 
 journals = Table(
