@@ -29,8 +29,9 @@ from openpse.storage.tables import journals, ledger_accounts, ledger_balances, p
 
 __all__ = ["BALANCE_SLOTS", "account_balances", "balances_for", "post_journal"]
 
-# Slots per account: two of ten concurrent transactions pick the same one about 13 % of the
-# time (and wait only if their commits overlap); a balance read sums at most this many rows.
+# Slots per account: a transaction shares its slot with one of nine others running at once
+# about 13 % of the time (and then waits only if their commits overlap); a balance read sums
+# at most this many rows per account.
 BALANCE_SLOTS = 64
 
 
