@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +92,18 @@ async def _run(url: str, sql: str) -> list[Any]:
         await engine.dispose()
 
 
-async def _columns(url: str, table: str) -> set[str]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(
-                lambda c: {col["name"] for col in inspect(c).get_columns(table)})
-    finally:
-        await engine.dispose()
+def _inspected(url: str, look: Callable[[Any], Any]) -> Any:
+    """``look(inspector)`` on the database at ``url`` (its tables, a table's columns)."""
+
+    async def run() -> Any:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(lambda c: look(inspect(c)))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def test_0007_moves_each_balance_to_slot_0_and_back(scratch_url: str) -> None:
@@ -110,7 +114,8 @@ def test_0007_moves_each_balance_to_slot_0_and_back(scratch_url: str) -> None:
                           " (2, 'mch_a', false, 'JPY', 'b', -1500, 0),"
                           " (3, 'mch_a', false, 'USD', 'a', 0, 0)"))
     upgrade(url, "head")
-    assert "balance" not in asyncio.run(_columns(url, "ledger_accounts"))
+    assert "balance" not in {c["name"] for c in _inspected(
+        url, lambda i: i.get_columns("ledger_accounts"))}
     assert sorted(asyncio.run(_run(url, "SELECT account_id, slot, balance FROM ledger_balances"))
                   ) == [(1, 0, 1500), (2, 0, -1500)]
     asyncio.run(_run(url, "INSERT INTO ledger_balances (account_id, slot, balance) "
@@ -118,16 +123,7 @@ def test_0007_moves_each_balance_to_slot_0_and_back(scratch_url: str) -> None:
     command.downgrade(alembic_config(url), "0006")
     assert sorted(asyncio.run(_run(url, "SELECT id, balance FROM ledger_accounts"))
                   ) == [(1, 1520), (2, -1520), (3, 0)]
-    assert "ledger_balances" not in asyncio.run(_table_names(url))
-
-
-async def _table_names(url: str) -> list[str]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(lambda c: inspect(c).get_table_names())
-    finally:
-        await engine.dispose()
+    assert "ledger_balances" not in _inspected(url, lambda i: i.get_table_names())
 
 
 def test_a_balance_read_sums_the_slots(scratch_url: str) -> None:
