@@ -31,7 +31,8 @@ __all__ = ["WriterFileLock", "lock_path_for"]
 
 
 def lock_path_for(database_path: str) -> str | None:
-    """The lock file for a database file, or None for a database only this process sees."""
+    """The lock file for a database file; None for an in-memory database (only this process
+    sees it) or a ``file:`` URI (left to SQLite's busy handler)."""
     if not database_path or database_path == ":memory:" or database_path.startswith("file:"):
         return None
     return database_path + "-writer.lock"
