@@ -61,19 +61,10 @@ def _attach_connectors(svc: Services) -> None:
 
 def ensure_schema(settings: Settings, *, create: bool) -> None:
     """Embedded SQLite: create/upgrade the schema itself. Elsewhere: refuse a schema behind."""
-    import asyncio
-
     url = settings.resolved_database_url()
-    if create:
-        if url.startswith("sqlite"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        migrate.upgrade(url)
-        return
-    if asyncio.run(migrate.pending(url)):
-        raise migrate.SchemaBehind(
-            "the database schema is behind this version of OpenPSE; run `openpse migrate` "
-            "(with the same --database-url) and start again"
-        )
+    if create and url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.ensure_schema(url, create=create)
 
 
 def build_app(settings: Settings, *, services: Services | None = None) -> Runtime:

@@ -32,13 +32,18 @@ def _settings(database_url: str | None = None) -> Settings:
 
 
 def _prepare(settings: Settings) -> None:
-    """Every command initialises a new embedded database itself; elsewhere `migrate` does."""
-    from openpse.bootstrap import ensure_schema
+    """Every command initialises a new embedded database itself; elsewhere `migrate` does.
+    (Through storage.migrate, not bootstrap: a command that needs only the database, such as
+    `ledger verify`, then does not import the API.)"""
+    from openpse.storage.migrate import ensure_schema
 
     embedded = settings.database_url is None or settings.database_url.startswith("sqlite")
     try:
         settings.master_key_bytes()
-        ensure_schema(settings, create=embedded)
+        url = settings.resolved_database_url()
+        if embedded and url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_schema(url, create=embedded)
     except (UnsafeConfiguration, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -259,19 +264,19 @@ def ledger_verify(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Check every journal balances and all accounts sum to zero; exit 1 if anything is off."""
-    from openpse.bootstrap import build_services
+    from openpse.storage.db import Database
     from openpse.storage.ledger_verify import VerifyReport, verify_ledger
 
     settings = _settings(database_url)
     _prepare(settings)
 
     async def _go() -> VerifyReport:
-        svc = build_services(settings)
+        db = Database(settings.resolved_database_url())  # the database alone: no app to build
         try:
-            async with svc.db.read() as conn:
+            async with db.read() as conn:
                 return await verify_ledger(conn)
         finally:
-            await svc.db.dispose()
+            await db.dispose()
 
     report = _run(_go())
     if as_json:

@@ -5,6 +5,8 @@ balance API, ``ledger verify``) sums them. Migration 0007 moved the old one-row 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from openpse.storage.migrate import alembic_config, upgrade
 from openpse.storage.tables import ledger_accounts, ledger_balances, postings
 from tests.conftest import BACKEND, PG_BASE_URL, _pg_admin, new_merchant
 from tests.support.ledger import VISA, ledger_problems
+from tests.support.servers import TEST_MASTER_KEY, run_cli
 
 PAYMENTS = 24
 
@@ -144,3 +147,22 @@ def test_a_balance_read_sums_the_slots(scratch_url: str) -> None:
             await engine.dispose()
 
     assert asyncio.run(read()) == {("merchant_pending", "EUR"): -351}
+
+
+def test_ledger_verify_on_the_command_line_sums_the_slots(scratch_url: str, tmp_path: Path
+                                                          ) -> None:
+    """`openpse ledger verify` (which opens the database alone, no app) reads balances as the
+    sum of their slots: two slots of an account without postings make one drift of their sum."""
+    url = scratch_url
+    upgrade(url, "head")
+    asyncio.run(_run(url, "INSERT INTO ledger_accounts (id, merchant_id, livemode, currency, kind,"
+                          " created) VALUES (1, 'mch_c', false, 'EUR', 'merchant_pending', 0)"))
+    asyncio.run(_run(url, "INSERT INTO ledger_balances (account_id, slot, balance) "
+                          "VALUES (1, 3, 2), (1, 40, 3)"))
+    env = dict(os.environ, OPENPSE_MASTER_KEY=TEST_MASTER_KEY, OPENPSE_DATA_DIR=str(tmp_path))
+    res = run_cli(["ledger", "verify", "--json", "--database-url", url], env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["ok"] is False and report["accounts"] == 1
+    assert report["problems"] == ["account 1 balance 5 != sum of postings 0",
+                                  "accounts (test, EUR) sum to 5, not zero"]
