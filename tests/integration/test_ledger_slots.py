@@ -129,14 +129,22 @@ def test_0007_moves_each_balance_to_slot_0_and_back(scratch_url: str) -> None:
     assert "ledger_balances" not in _inspected(url, lambda i: i.get_table_names())
 
 
+def _one_account_in_slots(url: str, merchant_id: str, slots: dict[int, int]) -> None:
+    """A migrated database with one account (id 1, EUR merchant_pending) of ``merchant_id`` and
+    these slot balances, and no postings."""
+    upgrade(url, "head")
+    asyncio.run(_run(url, "INSERT INTO ledger_accounts (id, merchant_id, livemode, currency, kind,"
+                          f" created) VALUES (1, '{merchant_id}', false, 'EUR', "
+                          "'merchant_pending', 0)"))
+    values = ", ".join(f"(1, {slot}, {balance})" for slot, balance in slots.items())
+    asyncio.run(_run(url, "INSERT INTO ledger_balances (account_id, slot, balance) "
+                          f"VALUES {values}"))
+
+
 def test_a_balance_read_sums_the_slots(scratch_url: str) -> None:
     """Every slot of an account counts, whatever its number."""
     url = scratch_url
-    upgrade(url, "head")
-    asyncio.run(_run(url, "INSERT INTO ledger_accounts (id, merchant_id, livemode, currency, kind,"
-                          " created) VALUES (1, 'mch_b', false, 'EUR', 'merchant_pending', 0)"))
-    asyncio.run(_run(url, "INSERT INTO ledger_balances (account_id, slot, balance) "
-                          "VALUES (1, 0, -100), (1, 5, -250), (1, 63, -1)"))
+    _one_account_in_slots(url, "mch_b", {0: -100, 5: -250, 63: -1})
 
     async def read() -> dict[tuple[str, str], int]:
         engine = create_async_engine(url)
@@ -154,11 +162,7 @@ def test_ledger_verify_on_the_command_line_sums_the_slots(scratch_url: str, tmp_
     """`openpse ledger verify` (which opens the database alone, no app) reads balances as the
     sum of their slots: two slots of an account without postings make one drift of their sum."""
     url = scratch_url
-    upgrade(url, "head")
-    asyncio.run(_run(url, "INSERT INTO ledger_accounts (id, merchant_id, livemode, currency, kind,"
-                          " created) VALUES (1, 'mch_c', false, 'EUR', 'merchant_pending', 0)"))
-    asyncio.run(_run(url, "INSERT INTO ledger_balances (account_id, slot, balance) "
-                          "VALUES (1, 3, 2), (1, 40, 3)"))
+    _one_account_in_slots(url, "mch_c", {3: 2, 40: 3})
     env = dict(os.environ, OPENPSE_MASTER_KEY=TEST_MASTER_KEY, OPENPSE_DATA_DIR=str(tmp_path))
     res = run_cli(["ledger", "verify", "--json", "--database-url", url], env)
     assert res.returncode == 1, res.stdout + res.stderr
