@@ -5,12 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from openpse.api.app import create_app
-from openpse.api.auth import Authenticator
-from openpse.api.idempotency import IdempotencyStore
-from openpse.api.nonces import DatabaseNonceStore, NonceStore, RedisNonceStore
-from openpse.api.pipeline import PipelineConfig
-from openpse.api.ratelimit import make_rate_limiter
 from openpse.config import Settings
 from openpse.crypto import Fingerprinter, SecretBox
 from openpse.logs import configure_logging
@@ -68,6 +62,15 @@ def ensure_schema(settings: Settings, *, create: bool) -> None:
 
 
 def build_app(settings: Settings, *, services: Services | None = None) -> Runtime:
+    # The API is imported here, not at the top: the CLI commands that need only the services
+    # (merchants, keys, ledger) then start without importing FastAPI and the pipeline.
+    from openpse.api.app import create_app
+    from openpse.api.auth import Authenticator
+    from openpse.api.idempotency import IdempotencyStore
+    from openpse.api.nonces import DatabaseNonceStore, NonceStore, RedisNonceStore
+    from openpse.api.pipeline import PipelineConfig
+    from openpse.api.ratelimit import make_rate_limiter
+
     configure_logging(settings.log_level, settings.log_file)
     svc = services or build_services(settings)
     redis_client = None
