@@ -78,7 +78,6 @@ async def test_partial_then_full_refund(merchant, services):
     assert not await ledger_problems(services)
 
 
-
 async def test_a_refund_leaves_each_row_one_version_per_change_and_an_event_for_each(
         merchant, services):
     """A card refund's first transaction (the refund, the payment's reserved amount, two
@@ -102,6 +101,7 @@ async def test_a_refund_leaves_each_row_one_version_per_change_and_an_event_for_
         ("refund.created", "pending"), ("refund.succeeded", "succeeded")]
     assert raw.get(f"/v1/refunds/{ref['id']}").json() == ref == ref_evs[-1]["data"]["object"]
     assert not await ledger_problems(services)
+
 
 async def test_refund_too_large_and_invalid_amounts_write_nothing(merchant, services):
     raw = merchant.raw()

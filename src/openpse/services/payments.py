@@ -665,10 +665,9 @@ async def apply_result(
         # request's stored answer are held and made together: one statement on PostgreSQL.
         # Until the flush the database holds the payment as it was: the hooks that run in
         # between (checkout) work on the new row they are given, and read no payment.
-        held = Held(keep=True)
+        held = Held(keep=True, writes=[finished])
         handler = _APPLY[operation]
-        new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now,
-                                            [finished], held)
+        new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now, held)
         if (respond_status is not None and caller is not None and caller.respond is not None
                 and new["status"] != Status.FAILED):
             await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)),
@@ -697,11 +696,11 @@ async def _review(tx: Tx, row: dict[str, Any], kind: str, details: dict[str, Any
     return review_id
 
 
-# The handlers of an answer: ``writes`` (the attempt's update, then the journal's rows) go with
-# the status change into ``held``, which ``apply_result`` writes in one statement.
+# The handlers of an answer: the journal's rows and the status change join the attempt's update
+# in ``held``, which ``apply_result`` writes in one statement.
 async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                            result: ConnectorResult, attempt: Any, now: int,
-                           writes: list[Write], held: Held) -> dict[str, Any]:
+                           held: Held) -> dict[str, Any]:
     m, cur, amt = row["merchant_id"], row["currency"], row["amount"]
     ref = result.connector_reference
     if result.outcome == Outcome.CAPTURED:
@@ -710,43 +709,43 @@ async def _apply_authorize(svc: Services, tx: Tx, caller: Caller | None, row: di
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
                            reference_id=row["id"], entries=ledger.capture(m, cur, amt, fee,
                                                                           held=False), now=now,
-                           writes=writes)
+                           writes=held.writes)
         new = await change_status(tx, caller, row, Status.SUCCEEDED, {
             "amount_received": amt, "amount_capturable": 0, "fee": fee,
             "connector_reference": ref, "captured_at": clock, "next_action": None}, now=now,
-            action="capture", writes=writes, held=held)
+            action="capture", held=held)
     elif result.outcome == Outcome.AUTHORIZED:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]),
                            kind="authorization", reference_id=row["id"],
-                           entries=ledger.authorization(m, cur, amt), now=now, writes=writes)
+                           entries=ledger.authorization(m, cur, amt), now=now, writes=held.writes)
         new = await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
             "amount_capturable": amt, "connector_reference": ref, "next_action": None},
-            now=now, action="authorize", writes=writes, held=held)
+            now=now, action="authorize", held=held)
     elif result.outcome == Outcome.REQUIRES_ACTION:
         url = svc.public_url(caller, f"/sandbox/3ds/{row['id']}?token={svc.page_token(row['id'])}")
         new = await change_status(tx, caller, row, Status.REQUIRES_ACTION, {
             "connector_reference": ref,
             "next_action": {"type": "redirect_to_url", "url": url,
                             "return_url": row["return_url"]}}, now=now, action="authenticate",
-            writes=writes, held=held)
+            held=held)
     else:  # declined, or an acquirer fault
         new = await change_status(tx, caller, row, Status.FAILED, {
             "failure_code": result.decline_code or "processing_error",
             "failure_message": result.message or "The acquirer could not process the card.",
             "connector_reference": ref, "next_action": None}, now=now, action="fail",
-            writes=writes, held=held)
+            held=held)
     await _after_payment_change(tx, caller, new, now)
     return new
 
 
 async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                          result: ConnectorResult, attempt: Any, now: int,
-                         writes: list[Write], held: Held) -> dict[str, Any]:
+                         held: Held) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.CAPTURED:  # capture refused: the hold stays, capture again
         return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {
             "failure_code": result.decline_code, "failure_message": result.message}, now=now,
-            action="capture", event_type="payment.capture_failed", writes=writes, held=held)
+            action="capture", event_type="payment.capture_failed", held=held)
     amount = int(attempt.amount)
     on_hold = row["amount_capturable"]
     pricing, clock = await merchant_terms(svc, tx, row)
@@ -755,30 +754,30 @@ async def _apply_capture(svc: Services, tx: Tx, caller: Caller | None, row: dict
     if on_hold > amount:
         entries += ledger.release(m, cur, on_hold - amount)
     await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="capture",
-                       reference_id=row["id"], entries=entries, now=now, writes=writes)
+                       reference_id=row["id"], entries=entries, now=now, writes=held.writes)
     new = await change_status(tx, caller, row, Status.SUCCEEDED, {
         "amount_received": amount, "amount_capturable": 0, "fee": fee, "captured_at": clock},
-        now=now, action="capture", writes=writes, held=held)
+        now=now, action="capture", held=held)
     await _after_payment_change(tx, caller, new, now)
     return new
 
 
 async def _apply_void(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
                       result: ConnectorResult, attempt: Any, now: int,
-                      writes: list[Write], held: Held) -> dict[str, Any]:
+                      held: Held) -> dict[str, Any]:
     m, cur = row["merchant_id"], row["currency"]
     if result.outcome != Outcome.SUCCEEDED:
         return await change_status(tx, caller, row, Status.REQUIRES_CAPTURE, {}, now=now,
-                                   action="cancel", event_type=None, writes=writes, held=held)
+                                   action="cancel", event_type=None, held=held)
     if row["amount_capturable"]:
         await post_journal(tx, merchant_id=m, livemode=bool(row["livemode"]), kind="release",
                            reference_id=row["id"],
                            entries=ledger.release(m, cur, row["amount_capturable"]), now=now,
-                           writes=writes)
+                           writes=held.writes)
     reason = (attempt.raw or {}).get("cancellation_reason")
     new = await change_status(tx, caller, row, Status.CANCELED, {
         "amount_capturable": 0, "cancellation_reason": reason, "canceled_at": now,
-        "next_action": None}, now=now, action="cancel", writes=writes, held=held)
+        "next_action": None}, now=now, action="cancel", held=held)
     await _after_payment_change(tx, caller, new, now)
     return new
 
