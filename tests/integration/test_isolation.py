@@ -95,3 +95,37 @@ async def test_modes_never_cross(services, server):
             assert_error(res, 404, "invalid_request_error", "resource_missing")
     assert live_raw.get("/v1/account").status_code == 200
     assert test_raw.get("/v1/account").status_code == 200
+
+
+async def test_another_merchants_or_modes_payments_answer_404(services, server):
+    """Payments and refunds are found by their key, their scope checked after
+    (``storage.repos.in_scope``): another merchant's key, or the other mode's key of the
+    same merchant, can neither read nor change them, and finds them exactly as missing."""
+    from openpse.services import merchants as m
+    from tests.support.ledger import VISA, payment_body
+
+    owner = await new_merchant(services, server.base_url, approve=True)
+    other = await new_merchant(services, server.base_url)
+    issued = await m.create_access_key(services, owner.merchant_id, livemode=True)
+    live = MerchantKit(owner.merchant_id, issued.key["id"], issued.secret, server.base_url)
+    raw = owner.raw()
+    held = raw.post("/v1/payments", payment_body(VISA, capture_method="manual")).json()
+    unconfirmed = raw.post("/v1/payments", payment_body(VISA, confirm=False)).json()
+    paid = raw.post("/v1/payments", payment_body(VISA)).json()
+    refund = raw.post("/v1/refunds", {"payment": paid["id"], "amount": 100}).json()
+    assert held["status"] == "requires_capture" and refund["status"] == "succeeded", refund
+    paid = raw.get(f"/v1/payments/{paid['id']}").json()
+    for stranger in (other.raw(), live.raw()):
+        for path, body in [(f"/v1/payments/{held['id']}", None),
+                           (f"/v1/payments/{held['id']}/capture", {}),
+                           (f"/v1/payments/{held['id']}/cancel", {}),
+                           (f"/v1/payments/{unconfirmed['id']}/confirm", {}),
+                           (f"/v1/refunds/{refund['id']}", None)]:
+            res = stranger.get(path) if body is None else stranger.post(path, body)
+            err = assert_error(res, 404, "invalid_request_error", "resource_missing")
+            assert err["message"] == f"no such {path.split('/')[2][:-1]}: {path.split('/')[3]!r}"
+        res = stranger.post("/v1/refunds", {"payment": paid["id"], "amount": 100})
+        assert_error(res, 404, "invalid_request_error", "resource_missing", param="payment")
+    for before in (held, unconfirmed, paid):
+        assert raw.get(f"/v1/payments/{before['id']}").json() == before
+    assert raw.get(f"/v1/refunds/{refund['id']}").json() == refund

@@ -47,7 +47,7 @@ from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
 from openpse.storage.direct import Write, decode, direct, prefixed, unprefixed
 from openpse.storage.ledger import post_journal
-from openpse.storage.repos import load_scoped, missing, update_versioned
+from openpse.storage.repos import in_scope, load_scoped, missing, update_versioned
 from openpse.storage.tables import (
     idempotency_keys,
     merchants,
@@ -431,9 +431,8 @@ async def _lock_with_attempt(tx: Tx, caller: Caller, payment_id: str, attempt_id
     (attribute access, or None) and the merchant's terms (kept for ``merchant_terms``)."""
     d = direct(tx)
     sql = _LOCK_WITH_ATTEMPT if d.is_sqlite else _LOCK_WITH_ATTEMPT + " FOR UPDATE OF p"
-    row = await d.fetchone(sql, {"id": payment_id, "m": caller.merchant_id,
-                                 "l": caller.livemode, "att": attempt_id})
-    if row is None:
+    row = await d.fetchone(sql, {"id": payment_id, "att": attempt_id})
+    if row is None or not in_scope(row, caller.merchant_id, caller.livemode):
         raise missing("payment", payment_id)
     attempt = unprefixed(row, "a", _ATTEMPT_COLUMNS, payment_attempts)
     terms = unprefixed(row, "m", _TERMS_COLUMNS, merchants)
@@ -448,7 +447,7 @@ _LOCK_WITH_ATTEMPT = (
     f"SELECT p.*, {prefixed('a', _ATTEMPT_COLUMNS)}, {prefixed('m', _TERMS_COLUMNS)}"
     + " FROM payments p JOIN merchants m ON m.id = p.merchant_id"
     " LEFT JOIN payment_attempts a ON a.id = :att"
-    " WHERE p.id = :id AND p.merchant_id = :m AND p.livemode = :l")
+    " WHERE p.id = :id")  # the scope: ``in_scope`` (its docstring says why)
 
 
 def _terms_cache(tx: Tx) -> dict[str, dict[str, Any]]:

@@ -246,8 +246,10 @@ _PAYMENT_COLUMNS = tuple(c.name for c in payments.columns)
 _FOR_ANSWER = (
     f"SELECT {prefixed('r', _REFUND_COLUMNS)}, {prefixed('p', _PAYMENT_COLUMNS)}, "
     'a.status AS "a_status"'
-    " FROM refunds r JOIN payments p ON p.id = r.payment_id AND p.merchant_id = r.merchant_id"
-    " AND p.livemode = r.livemode LEFT JOIN payment_attempts a ON a.id = :att"
+    # The payment by its key alone (``storage.repos.in_scope`` says why); a refund's payment
+    # is its merchant's and mode's by construction.
+    " FROM refunds r JOIN payments p ON p.id = r.payment_id"
+    " LEFT JOIN payment_attempts a ON a.id = :att"
     " WHERE r.id = :id")
 
 

@@ -13,7 +13,7 @@ from openpse.domain.errors import NotFound
 from openpse.storage.db import Tx
 from openpse.storage.direct import direct
 
-__all__ = ["load_scoped", "missing", "update_versioned"]
+__all__ = ["in_scope", "load_scoped", "missing", "update_versioned"]
 
 
 async def load_scoped(
@@ -23,10 +23,23 @@ async def load_scoped(
     d = direct(tx)
     # SQLite: the single writer already serialises; PostgreSQL: lock the row.
     sql = _LOCKED.format(table.name) if lock and not d.is_sqlite else _PLAIN.format(table.name)
-    row = await d.fetchone(sql, {"id": object_id, "m": merchant_id, "l": livemode}, table=table)
-    if row is None:
+    row = await d.fetchone(sql, {"id": object_id}, table=table)
+    if row is None or not in_scope(row, merchant_id, livemode):
         raise missing(what, object_id, param)
     return row
+
+
+def in_scope(row: dict[str, Any], merchant_id: str, livemode: bool) -> bool:
+    """Whether a row found by its primary key belongs to (merchant, mode).
+
+    The scope is checked here, not in the statement's WHERE: with the scope there too, a
+    table PostgreSQL has not analysed yet (a new database; autovacuum's first pass comes a
+    minute or more later) makes the planner's generic plan tie the primary key with the
+    (merchant_id, livemode, status, id) indexes, and it may take one of those, reading every
+    index entry of the merchant's rows to find one (measured: the payment lock read 59 buffers
+    instead of 3, 0.28 ms instead of 0.01 ms, growing with the merchant's payments).
+    Looked up by the key alone, every plan is the primary key's."""
+    return row["merchant_id"] == merchant_id and bool(row["livemode"]) == bool(livemode)
 
 
 def missing(what: str, object_id: str, param: str = "id") -> NotFound:
@@ -34,7 +47,7 @@ def missing(what: str, object_id: str, param: str = "id") -> NotFound:
     return NotFound(f"no such {what}: {object_id!r}", code="resource_missing", param=param)
 
 
-_PLAIN = "SELECT * FROM {} WHERE id = :id AND merchant_id = :m AND livemode = :l"
+_PLAIN = "SELECT * FROM {} WHERE id = :id"  # the scope: ``in_scope``
 _LOCKED = _PLAIN + " FOR UPDATE"
 
 
