@@ -301,6 +301,10 @@ def test_a_payment_claims_its_key_in_its_own_transaction_and_still_refuses_a_rep
     first = httpx.post(url, content=body, headers=headers)
     assert first.status_code == (201 if valid else 400), first.text
     assert_error(httpx.post(url, content=body, headers=headers), 401, AUTH, "replayed_nonce")
+    # the same signature under another key: only the nonce is taken (on PostgreSQL the nonce,
+    # the key and the payment are one statement, stopped by the nonce's unique violation)
+    other_key = headers | {"Idempotency-Key": key + "-other"}
+    assert_error(httpx.post(url, content=body, headers=other_key), 401, AUTH, "replayed_nonce")
     again = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
     again |= {"Content-Type": "application/json", "Idempotency-Key": key}
     replayed = httpx.post(url, content=body, headers=again)

@@ -14,7 +14,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from openpse.storage.db import first_write
-from openpse.storage.direct import direct
+from openpse.storage.direct import direct, json_param
 from openpse.storage.tables import simulator_operations
 
 
@@ -99,3 +99,85 @@ async def test_a_pending_first_write_shares_a_transaction_with_the_statement(
         async with services.db.statement() as conn:
             await direct(conn).insert(simulator_operations, _op(ref))
     assert hook.state == "committed" and await _count(services, hook_ref, ref) == 2
+
+
+class _Lost(Exception):
+    pass
+
+
+class _FoldingHook(_Hook):
+    """A deferred first write that can also ride in the unit's last write (``Direct.defer``,
+    PostgreSQL), as a request's idempotency claim does."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(ref)
+        self.folded_row: dict[str, Any] | None = None
+
+    def fold(self) -> tuple[str, dict[str, Any]]:
+        return ("f AS (INSERT INTO simulator_operations (reference, operation, amount, currency,"
+                " result, created) VALUES (:h_ref, 'sale', 100, 'JPY', :h_result, 1) "
+                "RETURNING reference)",
+                {"h_ref": self.ref, "h_result": json_param({"outcome": "captured"})})
+
+    def folded(self, row: Any) -> None:
+        self.folded_row, self.state = dict(row), "committed"
+
+    def fold_failed(self, exc: IntegrityError) -> None:
+        self.state = "lost"
+        raise _Lost from exc
+
+
+_MAIN = ("INSERT INTO simulator_operations (reference, operation, amount, currency, result, "
+         "created) VALUES (:ref, 'sale', 100, 'JPY', :result, 1)")
+
+
+def _main(ref: str) -> dict[str, Any]:
+    return {"ref": ref, "result": json_param({"outcome": "captured"})}
+
+
+async def test_the_units_last_write_carries_a_deferred_first_write(services: Any) -> None:
+    hook_ref, ref = f"hook-{uuid.uuid4().hex}", f"stmt-{uuid.uuid4().hex}"
+    hook = _FoldingHook(hook_ref)
+    with first_write(hook):
+        async with services.db.transaction() as tx:
+            assert await direct(tx).execute_guarded(_MAIN, _main(ref), last=True) == []
+            if not services.db.is_sqlite:  # it committed alone: nothing may follow it
+                assert await _count(services, hook_ref, ref) == 2
+                with pytest.raises(RuntimeError, match="after the unit's last write"):
+                    await direct(tx).fetchone("SELECT 1 AS one")
+    assert hook.state == "committed" and await _count(services, hook_ref, ref) == 2
+    # PostgreSQL: one statement (the hook's CTE returned its row); SQLite: BEGIN, run, write
+    assert hook.folded_row == (None if services.db.is_sqlite else {"reference": hook_ref})
+
+
+async def test_a_taken_first_write_stops_the_last_write_with_it(services: Any) -> None:
+    hook_ref, ref = f"hook-{uuid.uuid4().hex}", f"stmt-{uuid.uuid4().hex}"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(simulator_operations, _op(hook_ref))
+    hook = _FoldingHook(hook_ref)
+    with first_write(hook), pytest.raises((_Lost, IntegrityError)):
+        async with services.db.transaction() as tx:
+            await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
+    assert await _count(services, ref) == 0 and hook.state in ("lost", "pending")
+    async with services.db.transaction() as tx:  # the connection is usable, nothing is open
+        await direct(tx).insert(simulator_operations, _op(ref))
+    assert await _count(services, hook_ref, ref) == 2
+
+
+async def test_a_unit_that_writes_before_its_last_write_runs_the_first_write_first(
+        services: Any) -> None:
+    hook_ref, before, ref = (f"{p}-{uuid.uuid4().hex}" for p in ("hook", "before", "stmt"))
+    hook = _FoldingHook(hook_ref)
+    with first_write(hook), pytest.raises(_Boom):
+        async with services.db.transaction() as tx:
+            await direct(tx).insert(simulator_operations, _op(before))
+            await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
+            raise _Boom  # the three roll back together: the last write did not commit alone
+    assert hook.folded_row is None and hook.state == "pending"
+    assert await _count(services, hook_ref, before, ref) == 0
+    with first_write(hook):
+        async with services.db.transaction() as tx:
+            await direct(tx).insert(simulator_operations, _op(before))
+            await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
+    assert hook.folded_row is None and hook.state == "committed"
+    assert await _count(services, hook_ref, before, ref) == 3

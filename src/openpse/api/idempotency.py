@@ -166,6 +166,36 @@ class DeferredClaim:
             raise request_in_progress()
         self.record_id = int(got["id"])
 
+    # storage.direct.Foldable (PostgreSQL): the claim in the unit's only write statement
+    def fold(self) -> tuple[str, dict[str, Any]]:
+        """The nonce and the claim as CTEs of the statement that writes the unit (``f``
+        returns the claim's id). A plain INSERT: a taken key or a used nonce is a unique
+        violation, which stops the whole statement, so nothing is written without its key."""
+        params = {f"k_{k}": v for k, v in self.params(self.planned_resource).items()}
+        if self.nonce is None:
+            return _FOLD_CLAIM, params
+        params.update(k_n_key=self.nonce.key_id, k_n_nonce=self.nonce.nonce,
+                      k_n_expires=self.nonce.expires_at)
+        return _FOLD_NONCE_AND_CLAIM, params
+
+    def folded(self, row: Any) -> None:
+        """The statement that carried the claim committed (it ran alone, in autocommit)."""
+        self.record_id = int(row["id"])
+        self.state = "committed"
+        self.nonce = None
+
+    def fold_failed(self, exc: IntegrityError) -> None:
+        """The carrying statement stopped on a unique violation: the nonce's (a replay) or
+        the key's (taken: answered through the usual claim) raise as ``run`` does; another
+        table's is re-raised by the caller."""
+        table = getattr(exc.orig, "table_name", None)
+        if table == "nonces":
+            self.state = "replayed"
+            raise replayed_nonce() from None
+        if table == "idempotency_keys":
+            self.state = "lost"
+            raise request_in_progress() from None
+
     def committed(self) -> None:
         if self.state == "running":
             self.state = "committed"
@@ -354,4 +384,9 @@ _CLAIM_IF_FREE = _CLAIM.replace(" RETURNING id", " ON CONFLICT DO NOTHING RETURN
 _NONCE_AND_CLAIM_IF_FREE = (
     "WITH n AS (INSERT INTO nonces (access_key_id, nonce, expires_at) VALUES (:n_key, :n_nonce, "
     ":n_expires)) " + _CLAIM_IF_FREE)
+# Direct.defer: the claim (and the nonce) as CTEs of the statement that writes the unit.
+_FOLD_CLAIM = "f AS (" + re.sub(r":(\w+)", r":k_\1", _CLAIM) + ")"
+_FOLD_NONCE_AND_CLAIM = (
+    "n AS (INSERT INTO nonces (access_key_id, nonce, expires_at) VALUES (:k_n_key, "
+    ":k_n_nonce, :k_n_expires)), " + _FOLD_CLAIM)
 _FIND = 'SELECT * FROM idempotency_keys WHERE merchant_id = :m AND livemode = :l AND "key" = :k'

@@ -16,7 +16,7 @@ from sqlalchemy import Table
 
 from openpse.domain.ids import new_id
 from openpse.services.context import Caller
-from openpse.storage.db import Tx
+from openpse.storage.db import BEFORE_COMMIT, TX_SCOPED_INFO, Tx
 from openpse.storage.direct import Write, Writes, direct
 from openpse.storage.rows import rfc3339
 from openpse.webhooks.outbox import write_event, write_events
@@ -87,13 +87,16 @@ def _index_of(writes: list[Write], table: Table, row_id: str, part: int) -> int 
     return None
 
 
-async def flush(tx: Tx, held: Held) -> None:
-    """Write what ``held`` holds (nothing when it is empty); raise if a guard missed."""
+async def flush(tx: Tx, held: Held, *, last: bool = False) -> None:
+    """Write what ``held`` holds (nothing when it is empty); raise if a guard missed.
+    ``last``: the transaction writes nothing after this (``Direct.execute_guarded``: a
+    deferred idempotency claim may then ride in this statement, which commits alone)."""
     events, writes, guards = held.events, held.writes, held.guards
     held.events, held.writes, held.guards = [], [], []
     if events:
+        last = last and not tx.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT)
         counts = await write_events(tx, events, now_s=int(time.time()), writes=writes,
-                                    guards=guards)
+                                    guards=guards, last=last)
     elif guards:
         counts = await direct(tx).execute_guarded("SELECT 1", writes=writes, guards=guards)
     else:

@@ -266,11 +266,12 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
     payment_id = new_id("pay_")
     caller.plan_resource(payment_id)
     async with svc.db.transaction() as tx:
-        # The card's row, the payment's and payment.created are held back and written with
-        # the next event (with a confirmation, payment.processing and the attempt): one
-        # statement (one round trip) on PostgreSQL, and the payment inserted once, in the state
-        # it commits in.
-        held = Held()
+        # The card's row, the payment's and payment.created are held back (``keep``) and
+        # written together at the end (with a confirmation, with payment.processing and the
+        # attempt): one statement (one round trip) on PostgreSQL, which also carries the
+        # request's deferred idempotency claim and commits alone (``flush(last=True)``), and
+        # the payment inserted once, in the state it commits in.
+        held = Held(keep=True)
         pm_cols = await _resolve_payment_method(svc, tx, caller, p.get("payment_method"), card,
                                                 payment={**p, "id": payment_id, "amount": amount,
                                                          "currency": currency,
@@ -310,7 +311,7 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
         if confirm_now:
             row, attempt_id = await _begin_confirm(svc, tx, caller, row, None, None, None, now,
                                                    held=held)
-        await flush(tx, held)
+        await flush(tx, held, last=True)  # nothing follows it (Direct.defer)
     cvc = card.cvc if card and isinstance(card.cvc, str) else None
     if confirm_now:
         return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=None,
@@ -502,10 +503,13 @@ async def _begin_confirm(
     """Step 1 of a confirmation, inside the caller's transaction: checks, risk, then the
     pending attempt and ``processing`` (a card), or the voucher (a local method). Returns the
     row and the attempt id ("" when no acquirer call follows). ``held``: what the caller
-    holds back (the new payment's insert, say), written with the first status event here."""
+    holds back (the new payment's insert, say): the caller flushes it, unless a step here
+    must write it first (a risk block's hooks, a local method's voucher)."""
     row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url, now,
                                  held=held)
     if row["status"] == Status.FAILED:  # blocked by risk: no acquirer call
+        if held is not None:  # the hooks read the payment
+            await flush(tx, held)
         await _after_payment_change(tx, caller, row, now)
         return row, ""
     if row["payment_method_type"] in local_rules.LOCAL_METHODS:

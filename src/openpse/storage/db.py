@@ -19,14 +19,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from openpse.storage.direct import direct
+from openpse.storage.direct import Foldable, direct
 from openpse.storage.inline_sqlite import inline_creator
 from openpse.storage.sqlite_lock import WriterFileLock, lock_path_for
 
@@ -184,21 +184,30 @@ class Database:
             first = _FIRST_WRITE.get()
             if first is not None and not first.take():
                 first = None
+            d = direct(conn)
             try:
                 async with conn.begin():
                     conn.info.pop(TX_SCOPED_INFO, None)
-                    # Open it now: statements run directly on the driver (storage/direct.py)
-                    # are then inside it whatever runs first.
-                    await direct(conn).begin()
-                    if first is not None:
-                        await first.run(conn)
+                    if first is not None and not self.is_sqlite and hasattr(first, "fold"):
+                        # BEGIN and the claim wait for the unit's first statement; if that is
+                        # its last write, they ride in it (Direct.defer): one round trip.
+                        d.defer(conn, cast(Foldable, first))
+                    else:
+                        # Open it now: statements run directly on the driver
+                        # (storage/direct.py) are then inside it whatever runs first.
+                        await d.begin()
+                        if first is not None:
+                            await first.run(conn)
                     yield conn
+                    if d.deferred:  # nothing ran directly: BEGIN and the claim now
+                        await d.begin_deferred()
                     for hook in conn.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT, ()):
                         await hook(conn)
                 if first is not None:
                     first.committed()
                     first = None
             finally:
+                d.undefer()
                 if first is not None:
                     first.rolled_back()
                 await self._give_back(conn)

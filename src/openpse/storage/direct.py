@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from asyncpg.exceptions import IntegrityConstraintViolationError as _PG_INTEGRITY
@@ -34,7 +34,7 @@ from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Direct", "Write", "Writes", "decode", "direct", "json_param", "prefixed",
+__all__ = ["Direct", "Foldable", "Write", "Writes", "decode", "direct", "json_param", "prefixed",
            "unprefixed"]
 
 # Writes made with a statement: (table, row) inserts, (table, values, where) updates; values as
@@ -200,6 +200,26 @@ def _update_sql(table: Table, cols: tuple[str, ...], where: tuple[str, ...], tag
     return sql
 
 
+# The folded statement's answer: the deferred first write's CTE ``f`` returns its row.
+_FOLDED_RESULT = "SELECT * FROM f"
+
+
+class Foldable(Protocol):
+    """A unit of work's first write that can wait for its first statement (``Direct.defer``):
+    ``run`` it in the unit's transaction, or ``fold`` it into the unit's only write: CTEs
+    (``n``, ..., and ``f`` returning one row) and their parameters, whose names must not
+    clash with the statement's (prefix them); then ``folded`` with ``f``'s row, or
+    ``fold_failed`` with the unique violation that stopped the statement (it raises)."""
+
+    async def run(self, tx: AsyncConnection) -> None: ...
+
+    def fold(self) -> tuple[str, dict[str, Any]]: ...
+
+    def folded(self, row: Any) -> None: ...
+
+    def fold_failed(self, exc: IntegrityError) -> None: ...
+
+
 _GUARDED: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]], str] = {}
 
 
@@ -212,12 +232,45 @@ def _as_update(w: Write) -> tuple[Table, Mapping[str, Any], Mapping[str, Any]]:
 class Direct:
     """The driver connection of one pooled connection (one per pooled connection, reused)."""
 
-    __slots__ = ("_adapter", "_lite", "is_sqlite")
+    __slots__ = ("_adapter", "_deferred", "_lite", "_sealed", "is_sqlite")
 
     def __init__(self, adapter: Any, lite: sqlite3.Connection | None) -> None:
         self._adapter = adapter
         self._lite = lite
         self.is_sqlite = lite is not None
+        # A unit of work whose BEGIN and first write wait for its first statement (``defer``):
+        # its connection and that first write; ``_sealed`` once the write that carried them
+        # committed by itself (nothing may follow it).
+        self._deferred: tuple[AsyncConnection, Foldable] | None = None
+        self._sealed = False
+
+    def defer(self, conn: AsyncConnection, first: Foldable) -> None:
+        """PostgreSQL: begin ``conn``'s unit of work at its first statement, not now, and run
+        ``first`` (a deferred idempotency claim) first in it then; unless that statement is
+        the unit's last write (``execute_guarded(last=True)``), which then carries ``first``
+        and runs alone, in autocommit: one statement instead of BEGIN, ``first``, the write
+        and COMMIT (on PostgreSQL a single statement is atomic by itself)."""
+        self._deferred, self._sealed = (conn, first), False
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the unit's BEGIN and first write still wait for a statement."""
+        return self._deferred is not None
+
+    def undefer(self) -> tuple[AsyncConnection, Foldable] | None:
+        """End the deferral (the unit is over); what was still deferred, if anything."""
+        found, self._deferred, self._sealed = self._deferred, None, False
+        return found
+
+    async def begin_deferred(self) -> None:
+        """Begin the deferred unit now: BEGIN, then its first write. Refuses a statement after
+        the unit's last (it committed by itself: a later one would not commit with it)."""
+        if self._sealed:
+            raise RuntimeError("a statement after the unit's last write, which committed alone")
+        if self._deferred is not None:
+            (conn, first), self._deferred = self._deferred, None
+            await self.begin()
+            await first.run(conn)
 
     async def begin(self) -> None:
         """Open the SQLAlchemy connection's transaction now (PostgreSQL). SQLAlchemy's asyncpg
@@ -237,6 +290,8 @@ class Direct:
                       writes: Writes = ()) -> int:
         """Run one statement (with ``writes``, see the module's doc); the number of rows it
         changed."""
+        if self._deferred is not None or self._sealed:
+            await self.begin_deferred()
         try:
             if self._lite is not None:
                 for w in writes:
@@ -256,12 +311,20 @@ class Direct:
         return int(tail) if tail.isdigit() else 0
 
     async def execute_guarded(self, sql: str, params: Mapping[str, Any] | None = None, *,
-                              writes: Writes = (), guards: Sequence[Write] = ()) -> list[int]:
+                              writes: Writes = (), guards: Sequence[Write] = (),
+                              last: bool = False) -> list[int]:
         """:meth:`execute` with ``guards``: updates ``(table, values, where)`` made with it whose
         row counts it returns, in order (a version-checked update's count is its lost-update
         guard: the caller raises, rolling the transaction back, unless it is 1). PostgreSQL:
         one statement (``sql``, which must not have a WITH of its own, runs in its WITH too);
-        SQLite: the guards, then the writes, then ``sql``."""
+        SQLite: the guards, then the writes, then ``sql``. ``last``: the caller's unit of work
+        writes nothing after this and has nothing to run before its commit; if its BEGIN is
+        still deferred (``defer``) and there are no guards to check, the deferred first write
+        rides in this statement, which commits by itself."""
+        if (last and self._deferred is not None and not guards and not sql.startswith("WITH")
+                and self._adapter._transaction is None):
+            await self._folded(sql, params or {}, writes)
+            return []
         if self._lite is not None or not guards:
             counts = [await self.write(g) for g in guards]
             await self.execute(sql, params, writes=writes)
@@ -279,6 +342,8 @@ class Direct:
             text = _GUARDED[key] = (f"WITH {', '.join(ctes)}, m AS ({sql}) "
                                     f"SELECT {counts_sql}")
         full, merged = _with_writes(text, merged, writes) if writes else (text, merged)
+        if self._deferred is not None or self._sealed:
+            await self.begin_deferred()
         pg, names = _pg(full)
         try:
             record = await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
@@ -286,7 +351,28 @@ class Direct:
             raise IntegrityError(full, merged, exc) from exc
         return [int(c) for c in record]
 
+    async def _folded(self, sql: str, params: Mapping[str, Any], writes: Writes) -> None:
+        """``sql`` and ``writes`` with the deferred first write's CTEs in front, in autocommit:
+        one statement, atomic by itself, that commits the unit (see ``defer``)."""
+        assert self._deferred is not None
+        (_, first), self._deferred = self._deferred, None
+        ctes, first_params = first.fold()
+        main = f"WITH m AS ({sql}) {_FOLDED_RESULT}"
+        text, merged = _with_writes(main, params, writes) if writes else (main, dict(params))
+        text = f"WITH {ctes}, {text[5:]}"
+        merged.update(first_params)
+        pg, names = _pg(text)
+        try:
+            record = await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
+        except _PG_INTEGRITY as exc:
+            first.fold_failed(IntegrityError(text, merged, exc))
+            raise
+        self._sealed = True
+        first.folded(record)
+
     async def executemany(self, sql: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        if self._deferred is not None or self._sealed:
+            await self.begin_deferred()
         try:
             if self._lite is not None:
                 self._lite.executemany(sql, rows)
@@ -299,6 +385,8 @@ class Direct:
 
     async def fetchall(self, sql: str, params: Mapping[str, Any] | None = None, *,
                        table: Table | None = None) -> list[dict[str, Any]]:
+        if self._deferred is not None or self._sealed:
+            await self.begin_deferred()
         try:
             if self._lite is not None:
                 cur = self._lite.execute(sql, params or {})
