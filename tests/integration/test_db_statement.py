@@ -123,8 +123,9 @@ class _FoldingHook(_Hook):
         self.folded_row, self.state = dict(row), "committed"
 
     def fold_failed(self, exc: IntegrityError) -> None:
-        self.state = "lost"
-        raise _Lost from exc
+        if self.ref in (getattr(exc.orig, "detail", None) or ""):  # its own row's key
+            self.state = "lost"
+            raise _Lost from exc
 
 
 _MAIN = ("INSERT INTO simulator_operations (reference, operation, amount, currency, result, "
@@ -181,3 +182,19 @@ async def test_a_unit_that_writes_before_its_last_write_runs_the_first_write_fir
             await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
     assert hook.folded_row is None and hook.state == "committed"
     assert await _count(services, hook_ref, before, ref) == 3
+
+
+async def test_another_rows_violation_in_the_last_write_rolls_the_first_write_back(
+        services: Any) -> None:
+    hook_ref, ref = f"hook-{uuid.uuid4().hex}", f"stmt-{uuid.uuid4().hex}"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(simulator_operations, _op(ref))
+    hook = _FoldingHook(hook_ref)
+    with first_write(hook):
+        with pytest.raises(IntegrityError):  # SQLAlchemy's, as from any other statement
+            async with services.db.transaction() as tx:
+                await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
+        assert hook.state == "pending" and await _count(services, hook_ref) == 0
+        async with services.db.transaction() as tx:  # the claim is still to be written
+            await direct(tx).insert(simulator_operations, _op(f"after-{ref}"))
+    assert hook.state == "committed" and await _count(services, hook_ref) == 1

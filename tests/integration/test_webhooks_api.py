@@ -213,6 +213,8 @@ async def test_another_merchants_or_modes_ids_answer_404(
                                server.base_url).raw()
         sandbox_of_approved = approved.raw()
         sandbox_ep = create(sandbox_of_approved, r.url("/sandbox"))
+        [sandbox_event] = await emit_events(
+            services, Caller(merchant_id=approved.merchant_id, livemode=False), 1)
         probes: list[tuple[Any, str, str, dict[str, Any] | None]] = [
             (other, "GET", f"{EP}/{mine['id']}", None),
             (other, "PATCH", f"{EP}/{mine['id']}", {"enabled": False}),
@@ -224,6 +226,8 @@ async def test_another_merchants_or_modes_ids_answer_404(
             (raw, "POST", f"/v1/events/{event_id}/redeliver", {"endpoint": theirs["id"]}),
             (live_raw, "GET", f"{EP}/{sandbox_ep['id']}", None),
             (live_raw, "POST", f"{EP}/{sandbox_ep['id']}/rotate_secret", {}),
+            (live_raw, "GET", f"/v1/events/{sandbox_event}", None),
+            (live_raw, "POST", f"/v1/events/{sandbox_event}/redeliver", {}),
         ]
         for client, method, path, body in probes:
             res = client.request(method, path, json_body=body)

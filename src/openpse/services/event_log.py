@@ -16,6 +16,7 @@ from sqlalchemy import select
 from openpse.domain.errors import Conflict, InvalidRequest, NotFound
 from openpse.services.context import Caller, Services
 from openpse.services.webhook_endpoints import delivery_view, load_endpoint
+from openpse.storage.repos import in_scope
 from openpse.storage.rows import apply_page, page_result
 from openpse.storage.tables import events, webhook_endpoints
 from openpse.webhooks.outbox import enqueue, subscribes
@@ -45,13 +46,12 @@ async def list_events(
 async def get_event_payload(svc: Services, caller: Caller, event_id: str) -> str:
     """The event's JSON exactly as stored and delivered; 404 outside the caller's scope."""
     t = events
-    async with svc.db.read() as conn:
-        payload = (await conn.execute(select(t.c.payload).where(
-            t.c.id == event_id, t.c.merchant_id == caller.merchant_id,
-            t.c.livemode == caller.livemode))).scalar_one_or_none()
-    if payload is None:
+    async with svc.db.read() as conn:  # by its key alone, the scope after (repos.in_scope)
+        row = (await conn.execute(select(t.c.payload, t.c.merchant_id, t.c.livemode).where(
+            t.c.id == event_id))).first()
+    if row is None or not in_scope(row._mapping, caller.merchant_id, caller.livemode):
         raise NotFound(f"no such event: {event_id!r}", param="id")
-    return str(payload)
+    return str(row.payload)
 
 
 async def redeliver_event(
@@ -60,10 +60,10 @@ async def redeliver_event(
     """Queue the event again: to ``endpoint_id``, or to every enabled endpoint subscribed."""
     now = svc.now()
     async with svc.db.transaction() as tx:
-        event = (await tx.execute(select(events.c.id, events.c.type).where(
-            events.c.id == event_id, events.c.merchant_id == caller.merchant_id,
-            events.c.livemode == caller.livemode))).first()
-        if event is None:
+        event = (await tx.execute(select(
+            events.c.id, events.c.type, events.c.merchant_id, events.c.livemode).where(
+            events.c.id == event_id))).first()
+        if event is None or not in_scope(event._mapping, caller.merchant_id, caller.livemode):
             raise NotFound(f"no such event: {event_id!r}", param="id")
         if endpoint_id is not None:
             row = await load_endpoint(tx, caller, endpoint_id, param="endpoint")

@@ -257,10 +257,9 @@ class Direct:
         """Whether the unit's BEGIN and first write still wait for a statement."""
         return self._deferred is not None
 
-    def undefer(self) -> tuple[AsyncConnection, Foldable] | None:
-        """End the deferral (the unit is over); what was still deferred, if anything."""
-        found, self._deferred, self._sealed = self._deferred, None, False
-        return found
+    def undefer(self) -> None:
+        """End the deferral: the unit is over (the connection goes back for the next one)."""
+        self._deferred, self._sealed = None, False
 
     async def begin_deferred(self) -> None:
         """Begin the deferred unit now: BEGIN, then its first write. Refuses a statement after
@@ -365,8 +364,9 @@ class Direct:
         try:
             record = await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
         except _PG_INTEGRITY as exc:
-            first.fold_failed(IntegrityError(text, merged, exc))
-            raise
+            err = IntegrityError(text, merged, exc)
+            first.fold_failed(err)  # raises for its own tables
+            raise err from exc
         self._sealed = True
         first.folded(record)
 

@@ -5,6 +5,7 @@ they are on every request's path."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Table
@@ -29,7 +30,7 @@ async def load_scoped(
     return row
 
 
-def in_scope(row: dict[str, Any], merchant_id: str, livemode: bool) -> bool:
+def in_scope(row: Mapping[Any, Any], merchant_id: str, livemode: bool) -> bool:
     """Whether a row found by its primary key belongs to (merchant, mode).
 
     The scope is checked here, not in the statement's WHERE: with the scope there too, a
