@@ -21,9 +21,11 @@ lock, off the loop (storage/sqlite_lock.py); that thread lets go of it once a co
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = ["InlineConnection", "inline_creator"]
@@ -99,7 +101,7 @@ class InlineConnection:
                  after_commit: Callable[[], None] | None = None) -> None:
         self._conn = conn
         self._connection: sqlite3.Connection | None = conn
-        self._committer: ThreadPoolExecutor | None = None
+        self._committer: _Committer | None = None
         self._after_commit = after_commit
 
     @property
@@ -124,8 +126,8 @@ class InlineConnection:
         # thread (sqlite3 releases the GIL), so the loop serves other requests meanwhile.
         # The writer slot stays held, so this changes no ordering.
         if self._committer is None:
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
-        await asyncio.get_running_loop().run_in_executor(self._committer, self._commit)
+            self._committer = _Committer(self._commit)
+        await self._committer.commit()
 
     def _commit(self) -> None:
         self._conn.commit()
@@ -145,11 +147,66 @@ class InlineConnection:
 
     def stop(self) -> None:
         if self._committer is not None:
-            self._committer.shutdown(wait=True)
+            self._committer.stop()
             self._committer = None
         if self._connection is not None:
             self._connection = None
             self._conn.close()
+
+
+class _Committer:
+    """The thread a connection's COMMITs run on, one at a time (the writer slot orders them).
+
+    A queue and ``call_soon_threadsafe`` instead of ``run_in_executor``: the executor's
+    futures, chained into the loop's, cost ≈ 40 µs more CPU per commit here (0.15 against
+    0.11 ms for a small transaction, measured with synchronous=FULL), three commits per
+    payment on SQLite. A waiter cancelled meanwhile does not stop the commit (nor did the
+    executor's): it completes, and the connection's next user finds it done."""
+
+    def __init__(self, commit: Callable[[], None]) -> None:
+        self._commit = commit
+        self._jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+                                      | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sqlite-commit", daemon=True)
+        self._thread.start()
+
+    async def commit(self) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._jobs.put((loop, done))
+        await done
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, done = job
+            try:
+                self._commit()
+            except BaseException as exc:  # handed to the waiter
+                _settle(loop, done, exc)
+            else:
+                _settle(loop, done, None)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+def _settle(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None],
+            exc: BaseException | None) -> None:
+    """Resolve ``done`` on its loop (from the committer's thread); nothing if it was cancelled
+    or the loop is gone."""
+
+    def _set() -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+        loop.call_soon_threadsafe(_set)
 
 
 def inline_creator(path: str, after_commit: Callable[[], None] | None = None
