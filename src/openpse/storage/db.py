@@ -185,27 +185,43 @@ class Database:
             if first is not None and not first.take():
                 first = None
             d = direct(conn)
+            committing = False
             try:
-                async with conn.begin():
-                    conn.info.pop(TX_SCOPED_INFO, None)
-                    if first is not None and not self.is_sqlite and hasattr(first, "fold"):
-                        # BEGIN and the claim wait for the unit's first statement; if that is
-                        # its last write, they ride in it (Direct.defer): one round trip.
-                        d.defer(conn, cast(Foldable, first))
-                    else:
-                        # Open it now: statements run directly on the driver
-                        # (storage/direct.py) are then inside it whatever runs first.
-                        await d.begin()
-                        if first is not None:
-                            await first.run(conn)
-                    yield conn
-                    if d.deferred:  # nothing ran directly: BEGIN and the claim now
-                        await d.begin_deferred()
-                    for hook in conn.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT, ()):
-                        await hook(conn)
+                conn.info.pop(TX_SCOPED_INFO, None)
+                if first is not None and not self.is_sqlite and hasattr(first, "fold"):
+                    # BEGIN and the claim wait for the unit's first statement; if that is its
+                    # last write, they ride in it (Direct.defer): one round trip.
+                    d.defer(conn, cast(Foldable, first))
+                else:
+                    # BEGIN on the driver now (not through SQLAlchemy's transaction: its
+                    # greenlets cost more than a small statement): statements run directly
+                    # (storage/direct.py) are inside it whatever runs first, and one through
+                    # SQLAlchemy joins it (its autobegin issues no second BEGIN: _on_begin).
+                    await d.begin_unit()
+                    if first is not None:
+                        await first.run(conn)
+                yield conn
+                if d.deferred:  # nothing ran directly: BEGIN and the claim now
+                    await d.begin_deferred()
+                for hook in conn.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT, ()):
+                    await hook(conn)
+                committing = True
+                if conn.in_transaction():  # SQLAlchemy's bookkeeping too: its commit ends both
+                    await conn.commit()
+                else:
+                    await d.commit_unit()
                 if first is not None:
                     first.committed()
                     first = None
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    if committing:  # unknown state: the connection is not reused
+                        await conn.invalidate()
+                    elif conn.in_transaction():
+                        await conn.rollback()
+                    else:
+                        await d.rollback_unit()
+                raise
             finally:
                 d.undefer()
                 if first is not None:
@@ -229,7 +245,8 @@ class Database:
     async def _give_back(self, conn: AsyncConnection) -> None:
         """Keep a write connection for the next writer, or close one that is broken or was
         interrupted mid-rollback (a new one replaces it)."""
-        if conn.closed or conn.invalidated or conn.in_transaction():
+        if (conn.closed or conn.invalidated or conn.in_transaction()
+                or direct(conn).in_transaction):
             self._writers_open -= 1
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -368,5 +385,8 @@ def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Straight on sqlite3 (the inline connection): a statement through SQLAlchemy here
-        # cost more than the rest of a small transaction.
-        conn.connection.driver_connection.raw.execute(begin)
+        # cost more than the rest of a small transaction. A unit of work began on the driver
+        # already (Direct.begin_unit): SQLAlchemy's autobegin joins it.
+        raw = conn.connection.driver_connection.raw
+        if not raw.in_transaction:
+            raw.execute(begin)

@@ -268,7 +268,7 @@ class Direct:
             raise RuntimeError("a statement after the unit's last write, which committed alone")
         if self._deferred is not None:
             (conn, first), self._deferred = self._deferred, None
-            await self.begin()
+            await self.begin_unit()
             await first.run(conn)
 
     async def begin(self) -> None:
@@ -281,6 +281,46 @@ class Direct:
         if (self._lite is None and adapter._transaction is None
                 and adapter.isolation_level != "autocommit"):
             await adapter._start_transaction()
+
+    async def begin_unit(self) -> None:
+        """BEGIN a unit of work on the driver (``Database._unit``), not through SQLAlchemy's
+        transaction (its begin and commit pass through greenlets: ≈ 50 µs of CPU a
+        transaction). SQLite: BEGIN IMMEDIATE (the write lock, now); PostgreSQL: the adapter's
+        transaction, which a statement through SQLAlchemy then joins."""
+        if self._lite is not None:
+            self._lite.execute("BEGIN IMMEDIATE")
+        else:
+            await self.begin()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the driver connection has a transaction open."""
+        if self._lite is not None:
+            return self._lite.in_transaction
+        return self._adapter._transaction is not None
+
+    async def commit_unit(self) -> None:
+        """COMMIT the driver's open transaction, if any (SQLite: on the connection's commit
+        thread, storage/inline_sqlite.py)."""
+        if self._lite is not None:
+            await self._adapter._connection.commit()
+            return
+        tr, self._adapter._transaction = self._adapter._transaction, None
+        if tr is not None:
+            try:
+                await tr.commit()
+            except _PG_INTEGRITY as exc:  # a deferred constraint: as SQLAlchemy would raise
+                raise IntegrityError("COMMIT", None, exc) from exc
+
+    async def rollback_unit(self) -> None:
+        """ROLLBACK the driver's open transaction, if any."""
+        if self._lite is not None:
+            if self._lite.in_transaction:
+                self._lite.rollback()
+            return
+        tr, self._adapter._transaction = self._adapter._transaction, None
+        if tr is not None:
+            await tr.rollback()
 
     async def _pg_conn(self) -> Any:
         return self._adapter._connection
