@@ -198,3 +198,34 @@ async def test_another_rows_violation_in_the_last_write_rolls_the_first_write_ba
         async with services.db.transaction() as tx:  # the claim is still to be written
             await direct(tx).insert(simulator_operations, _op(f"after-{ref}"))
     assert hook.state == "committed" and await _count(services, hook_ref) == 1
+
+
+async def test_direct_and_sqlalchemy_writes_of_a_unit_commit_and_roll_back_together(
+        services: Any) -> None:
+    """A unit begins on the driver (``Direct.begin_unit``); a statement through SQLAlchemy
+    joins that transaction, in either order."""
+    first, second = f"mixed-{uuid.uuid4().hex}", f"mixed-{uuid.uuid4().hex}"
+    with pytest.raises(_Boom):
+        async with services.db.transaction() as tx:
+            await direct(tx).insert(simulator_operations, _op(first))
+            await tx.execute(insert(simulator_operations).values(**_op(second)))
+            raise _Boom
+    assert await _count(services, first, second) == 0
+    async with services.db.transaction() as tx:
+        await tx.execute(insert(simulator_operations).values(**_op(second)))
+        await direct(tx).insert(simulator_operations, _op(first))
+        assert await direct(tx).fetchone("SELECT count(*) AS n FROM simulator_operations "
+                                         "WHERE reference IN (:a, :b)",
+                                         {"a": first, "b": second}) == {"n": 2}
+    assert await _count(services, first, second) == 2
+    used = []
+    for _ in range(2):  # SQLAlchemy's commit ended its bookkeeping too: the connection is kept
+        async with services.db.transaction() as tx:
+            await tx.execute(insert(simulator_operations).values(**_op(uuid.uuid4().hex)))
+            used.append(tx)
+    assert used[0] is used[1]
+    with pytest.raises(IntegrityError):  # a failed statement ends the unit, nothing half-done
+        async with services.db.transaction() as tx:
+            await direct(tx).insert(simulator_operations, _op(f"x-{first}"))
+            await tx.execute(insert(simulator_operations).values(**_op(second)))
+    assert await _count(services, f"x-{first}") == 0
