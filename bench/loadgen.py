@@ -607,10 +607,12 @@ class LoadResult:
     server_cpu_s: float = 0.0
     db_cpu_s: float = 0.0
     ids: list[str] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)  # sorted; to merge phases
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("ids")
+        data.pop("latencies_s")
         return data
 
 
@@ -729,6 +731,7 @@ def _merge(results: list[dict[str, Any]], *, mode: str, concurrency: int, rate: 
         dropped=sum(r["dropped"] for r in results), late=sum(r["late"] for r in results),
         rate_start_per_s=start_rate, rate_end_per_s=end_rate,
         ids=[i for r in results for i in r["ids"]],
+        latencies_s=lat,
     )
 
 

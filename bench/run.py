@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ PROTO_KEY: Final = "ak_test_prototype"
 PROTO_SECRET: Final = "sk_test_prototype_0123456789abcdef"
 OPEN_LOOP_SHARE: Final = 0.7  # default open-loop rate: this share of the closed-loop throughput
 SUBPROCESS_TIMEOUT_S: Final = 3600
+SCALE_ROUNDS: Final = 3  # pairs of (empty, loaded) phases in the data-scale scenario
 
 SCENARIOS: Final = {
     "floor_healthz": "GET /healthz on the same openpse server, same generator (the HTTP floor)",
@@ -64,7 +66,8 @@ SCENARIOS: Final = {
     "checkout_session": "POST /v1/checkout/sessions",
     "webhook_backlog": "bench/webhook_throughput.py: drain a backlog of deliveries",
     "webhook_steady": "bench/webhook_throughput.py: enqueue-to-2xx latency at a steady rate",
-    "scale_create_confirm": "create+confirm again after bulk-loading --scale-payments payments",
+    "scale_create_confirm": "create+confirm after bulk-loading --scale-payments payments, in "
+                            "phases alternating with a second, empty database's",
     "ledger_verify": "`openpse ledger verify` over the bulk-loaded ledger",
     "prototype_create_confirm": "bench/prototype.py: the same request, the same writes, bare",
     "floor_db": "the payment transaction alone: pgbench (PostgreSQL) / sqlite3 loop (SQLite)",
@@ -221,6 +224,41 @@ def parse_args(argv: list[str] | None = None) -> Config:
 # --- the suite -----------------------------------------------------------------------------------
 
 
+
+def _rate(res: LoadResult) -> float:
+    return res.throughput_per_s
+
+
+def _merge(phases: list[tuple[LoadResult, ProcSampler]]) -> tuple[LoadResult, ProcSampler]:
+    """Several measured phases of one side as one: counts, time and CPU added up, percentiles
+    over all their latencies."""
+    results = [r for r, _ in phases]
+    lat = sorted(x for r in results for x in r.latencies_s)
+    elapsed = sum(r.elapsed_s for r in results)
+    n = sum(r.requests for r in results)
+    statuses: dict[str, int] = {}
+    for r in results:
+        for code, k in r.statuses.items():
+            statuses[code] = statuses.get(code, 0) + k
+    gen_cpu = sum(r.gen_cpu_s for r in results)
+    first = results[0]
+    merged = LoadResult(
+        mode=first.mode, requests=n, errors=sum(r.errors for r in results), elapsed_s=elapsed,
+        throughput_per_s=n / elapsed if elapsed > 0 else 0.0,
+        p50_ms=percentile(lat, 0.50) * 1000, p95_ms=percentile(lat, 0.95) * 1000,
+        p99_ms=percentile(lat, 0.99) * 1000, max_ms=lat[-1] * 1000 if lat else 0.0,
+        statuses=statuses,
+        error_samples=[e for r in results for e in r.error_samples][:10],
+        gen_processes=first.gen_processes, gen_cpu_s=gen_cpu,
+        gen_cpu_us_per_req=gen_cpu / n * 1e6 if n else 0.0, concurrency=first.concurrency,
+        rate_start_per_s=first.rate_start_per_s, rate_end_per_s=results[-1].rate_end_per_s,
+        latencies_s=lat)
+    samplers = [s for _, s in phases]
+    sampler = ProcSampler(samplers[0].root, pg_db=samplers[0].pg_db)
+    sampler.cpu_s = sum(s.cpu_s for s in samplers)
+    sampler.db_cpu_s = sum(s.db_cpu_s for s in samplers)
+    return merged, sampler
+
 class Suite:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -253,11 +291,12 @@ class Suite:
 
     def load(self, base_url: str, workload: Workload, root_pid: int, db_url: str, *,
              mode: str = "closed", rate: float = 0.0, requests: int | None = None,
-             warmup_s: float | None = None) -> tuple[LoadResult, ProcSampler]:
+             warmup_s: float | None = None,
+             duration_s: float | None = None) -> tuple[LoadResult, ProcSampler]:
         cfg = self.cfg
         sampler = ProcSampler(root_pid, pg_db=self._dbname(db_url))
         res = run_load(base_url, workload, mode=mode, concurrency=cfg.concurrency, rate=rate,
-                       duration_s=cfg.duration_s,
+                       duration_s=cfg.duration_s if duration_s is None else duration_s,
                        requests=cfg.requests if requests is None else requests,
                        warmup_s=cfg.warmup_s if warmup_s is None else warmup_s,
                        processes=cfg.processes, on_start=sampler.start, on_stop=sampler.stop)
@@ -424,12 +463,46 @@ class Suite:
         return out
 
     def _scale(self, backend: str, srv: OpenPSEServer, bulk: dict[str, Any]) -> None:
-        auth = Auth.pse(srv.access_key, srv.secret)
-        res, sampler = self.load(srv.base_url, Workload("create_payment", auth, expect=(201,)),
-                                 srv.pid, srv.database_url)
-        row = self.add_load_row("scale_create_confirm", backend, "openpse", "payments", res,
-                                sampler, srv.peak_rss_mb(), payments_loaded=bulk["payments"])
-        row.mode += f", after {bulk['payments']:,} payments"
+        """The loaded database's figure against an empty one's, in phases that alternate
+        (empty, loaded, empty, loaded, ...) so that both see the same machine: this machine's
+        speed drifts by tens of per cent within minutes, which made a single after-load phase
+        compared with the run's first phase a measure of the drift as much as of the size."""
+        ref = OpenPSEServer(self.fresh_db(backend, "scale-empty"),
+                            workers=self.cfg.server_workers,
+                            data_dir=self._dir(f"openpse-{backend}-scale-empty"))
+        phase_s = max(self.cfg.duration_s / 2, 0.2)
+        rounds = SCALE_ROUNDS if self.cfg.profile != "smoke" else 2
+        sides: dict[str, list[tuple[LoadResult, ProcSampler]]] = {"empty": [], "loaded": []}
+        try:
+            ref.prepare().start()
+            for _ in range(rounds):
+                for side, s in (("empty", ref), ("loaded", srv)):
+                    w = Workload("create_payment", Auth.pse(s.access_key, s.secret),
+                                 expect=(201,))
+                    sides[side].append(self.load(s.base_url, w, s.pid, s.database_url,
+                                                 duration_s=phase_s))
+            ref_rss = ref.peak_rss_mb()
+        finally:
+            ref.stop()
+            self.drop_db(ref.database_url)
+        pairs = [_rate(b[0]) / _rate(a[0]) if _rate(a[0]) > 0 else 0.0
+                 for a, b in zip(sides["empty"], sides["loaded"], strict=True)]
+        loaded = (f"after {bulk['payments']:,} payments, {rounds} phases of {phase_s:g} s "
+                  "alternating with an empty database")
+        for scenario, side, rss, mode in (
+                ("scale_create_confirm_empty", "empty", ref_rss,
+                 f"a second, empty database, {rounds} phases alternating with the loaded one"),
+                ("scale_create_confirm", "loaded", srv.peak_rss_mb(), loaded)):
+            res, sampler = _merge(sides[side])
+            row = self.add_load_row(scenario, backend, "openpse", "payments", res, sampler, rss,
+                                    payments_loaded=bulk["payments"] if side == "loaded" else 0,
+                                    phases_per_s=[round(_rate(r), 1) for r, _ in sides[side]],
+                                    paired_ratios=[round(x, 3) for x in pairs])
+            row.mode += ", " + mode
+        self.report.notes.append(
+            f"data scale ({backend}): loaded/empty per pair of adjacent phases "
+            + ", ".join(f"{x:.2f}" for x in pairs)
+            + f" (median {statistics.median(pairs):.2f}); the table's ratio is of the sums")
 
     def ledger_verify(self, backend: str, srv: OpenPSEServer,
                       bulk: dict[str, Any] | None) -> None:
@@ -695,7 +768,7 @@ class Suite:
             rep.compare(b, "refund", "refund", "peer_refund", "memory", "localstripe")
             rep.compare(b, "get payment", "get_payment", "peer_get", "memory", "localstripe")
             rep.compare(b, "create+confirm after bulk load", "scale_create_confirm",
-                        "create_confirm", b, "create+confirm, empty db")
+                        "scale_create_confirm_empty", b, "create+confirm, empty db, alternating")
 
     def run(self) -> Report:
         cfg = self.cfg

@@ -109,4 +109,14 @@ def test_bench_smoke(db_url: str, tmp_path: Path) -> None:
 
     ratios = {(c["what"], c["other_name"]): c["ratio"] for c in data["comparisons"]}
     assert ratios[("create+confirm", f"prototype ({BACKEND})")] > 0
+    # the data-scale figure is set against an empty database measured in alternating phases
+    empty, loaded = rows["scale_create_confirm_empty"], rows["scale_create_confirm"]
+    assert empty["requests"] > 0 and empty["errors"] == 0, empty
+    phases = (empty["extra"]["phases_per_s"], loaded["extra"]["phases_per_s"])
+    assert len(phases[0]) == len(phases[1]) >= 2 and min(phases[0] + phases[1]) > 0, phases
+    assert all(r == pytest.approx(b / a, rel=0.01) for r, a, b in zip(
+        loaded["extra"]["paired_ratios"], *phases, strict=True)), loaded["extra"]
+    scale = ratios[("create+confirm after bulk load", "create+confirm, empty db, alternating")]
+    assert scale == pytest.approx(loaded["throughput_per_s"] / empty["throughput_per_s"],
+                                  rel=1e-3)
     assert rows["create_confirm"]["vs"]
