@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -50,6 +51,10 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
 
     settings = Settings()
     rt = build_app(settings)
+    if not a.no_settle:
+        from openpse.bootstrap import settle_heap
+
+        settle_heap()  # as openpse.asgi.create does for `openpse serve`
     svc = rt.services
     key, secret = a.creds["access_key"], a.creds["secret"]
     statements = [0]
@@ -105,10 +110,13 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
 
             prof = Profiler(async_mode="enabled")
             prof.start()
+        gc_time = _GcTime()
+        gc.callbacks.append(gc_time)
         cpu0, t0 = time.process_time(), time.perf_counter()
         for i in range(a.n):
             await run(i)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        gc.callbacks.remove(gc_time)
         if a.profile == "cprofile":
             prof.disable()
             if a.dump:
@@ -121,7 +129,25 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
             "database": settings.resolved_database_url().split(":", 1)[0], "requests": a.n,
             "cpu_ms_per_request": round(cpu / a.n * 1000, 3),
             "wall_ms_per_request": round(wall / a.n * 1000, 3),
-            "statements_per_request": round(statements[0] / a.n, 1) if a.sql else None}
+            "statements_per_request": round(statements[0] / a.n, 1) if a.sql else None,
+            "gc_ms_per_request": round(gc_time.seconds / a.n * 1000, 4),
+            "gc_collections": gc_time.collections}
+
+
+class _GcTime:
+    """Time the cyclic garbage collector ran (``gc.callbacks``), and its runs per generation."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+            self.collections[info["generation"]] += 1
 
 
 def main() -> None:
@@ -137,6 +163,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--dump", help="write the cProfile stats to this file")
     ap.add_argument("--sql", action="store_true", help="count statements per request")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="skip bootstrap.settle_heap (the collector's freeze `serve` does)")
     ap.add_argument("--sql-log", action="store_true", help="print the statements (use -n 1)")
     a = ap.parse_args()
     data_dir = tempfile.mkdtemp(prefix="openpse-prof-")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from openpse.bootstrap import build_app
+from openpse.bootstrap import build_app, settle_heap
 from openpse.config import Settings
 
 
 def create() -> Any:
-    return build_app(Settings()).asgi
+    """The app of a process that serves only it (``openpse serve``, one per worker)."""
+    asgi = build_app(Settings()).asgi
+    settle_heap()
+    return asgi
