@@ -229,3 +229,51 @@ async def test_direct_and_sqlalchemy_writes_of_a_unit_commit_and_roll_back_toget
             await direct(tx).insert(simulator_operations, _op(f"x-{first}"))
             await tx.execute(insert(simulator_operations).values(**_op(second)))
     assert await _count(services, f"x-{first}") == 0
+
+
+_TAIL = ("INSERT INTO simulator_operations (reference, operation, amount, currency, result, "
+         "created) SELECT :t_ref, 'sale', 100, 'JPY', :t_result, 1 WHERE {ok}")
+
+
+async def test_a_unit_begun_alone_is_its_last_write_guards_and_tail_included(
+        services: Any) -> None:
+    """``transaction(alone=True)``: on PostgreSQL the last write runs alone, in autocommit,
+    checks its guards itself and carries the tail; a missed guard writes nothing. SQLite (and
+    a unit that ran a statement first) keeps an ordinary transaction."""
+    from openpse.storage.direct import GuardMissed
+
+    guarded, ref, tail = (f"{p}-{uuid.uuid4().hex}" for p in ("guarded", "stmt", "tail"))
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(simulator_operations, _op(guarded))
+    hit = (simulator_operations, {"amount": 200}, {"reference": guarded, "amount": 100})
+    missed = (simulator_operations, {"amount": 300}, {"reference": guarded, "amount": 100})
+    tail_params = {"t_ref": tail, "t_result": json_param({"outcome": "captured"})}
+    alone = not services.db.is_sqlite
+    async with services.db.transaction(alone=True) as tx:
+        assert direct(tx).can_run_alone is alone
+        counts = await direct(tx).execute_guarded(
+            _MAIN, _main(ref), guards=[hit], last=True,
+            tail=(_TAIL, tail_params) if alone else None)
+        assert counts == [1]
+        assert await _count(services, ref) == (1 if alone else 0)  # committed by itself
+    assert await _count(services, ref) == 1 and await _count(services, tail) == int(alone)
+    if not alone:
+        return
+    again, tail2 = f"stmt-{uuid.uuid4().hex}", f"tail-{uuid.uuid4().hex}"
+    with pytest.raises(GuardMissed):  # amount is 200 now: the guard misses
+        async with services.db.transaction(alone=True) as tx:
+            await direct(tx).execute_guarded(_MAIN, _main(again), guards=[missed], last=True,
+                                             tail=(_TAIL, {**tail_params, "t_ref": tail2}))
+    assert await _count(services, again, tail2) == 0
+    async with services.db.read() as conn:
+        amount = (await conn.execute(select(simulator_operations.c.amount).where(
+            simulator_operations.c.reference == guarded))).scalar_one()
+    assert amount == 200
+    before = f"before-{uuid.uuid4().hex}"
+    with pytest.raises(ValueError, match="tail"):  # a statement ran first: a transaction now
+        async with services.db.transaction(alone=True) as tx:
+            await direct(tx).insert(simulator_operations, _op(before))
+            assert not direct(tx).can_run_alone
+            await direct(tx).execute_guarded(_MAIN, _main(again), last=True,
+                                             tail=(_TAIL, tail_params))
+    assert await _count(services, before, again) == 0  # rolled back together

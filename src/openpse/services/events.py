@@ -17,7 +17,8 @@ from sqlalchemy import Table
 from openpse.domain.ids import new_id
 from openpse.services.context import Caller
 from openpse.storage.db import BEFORE_COMMIT, TX_SCOPED_INFO, Tx
-from openpse.storage.direct import Write, Writes, direct
+from openpse.storage.direct import GuardMissed, Write, Writes, direct
+from openpse.storage.ledger import take_balance_statement
 from openpse.storage.rows import rfc3339
 from openpse.webhooks.outbox import write_event, write_events
 
@@ -90,21 +91,26 @@ def _index_of(writes: list[Write], table: Table, row_id: str, part: int) -> int 
 async def flush(tx: Tx, held: Held, *, last: bool = False) -> None:
     """Write what ``held`` holds (nothing when it is empty); raise if a guard missed.
     ``last``: the transaction writes nothing after this (``Direct.execute_guarded``: a
-    deferred idempotency claim may then ride in this statement, which commits alone)."""
+    deferred idempotency claim may then ride in this statement, which commits alone; in a
+    unit begun ``alone``, the statement is the unit, its balances included, and a missed
+    guard raises ``GuardMissed`` from it, with nothing written)."""
     events, writes, guards = held.events, held.writes, held.guards
     held.events, held.writes, held.guards = [], [], []
     if events:
+        tail = None
+        if last and direct(tx).can_run_alone:  # the balances ride in it, not after it
+            tail = take_balance_statement(tx)
         last = last and not tx.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT)
         counts = await write_events(tx, events, now_s=int(time.time()), writes=writes,
-                                    guards=guards, last=last)
+                                    guards=guards, last=last, tail=tail)
     elif guards:
         counts = await direct(tx).execute_guarded("SELECT 1", writes=writes, guards=guards)
     else:
         await direct(tx).write_all(writes)
         return
     for g, count in zip(guards, counts, strict=True):
-        if count != 1:  # a lost update would mean a missing lock: never continue silently
-            raise RuntimeError(f"concurrent update of {g[0].name} {dict(g[2])}")  # type: ignore[misc]
+        if count != 1:  # a lost update: a missing lock, or an unlocked read that went stale
+            raise GuardMissed(f"concurrent update of {g[0].name} {dict(g[2])}")  # type: ignore[misc]
 
 
 async def record_event(

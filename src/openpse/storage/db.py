@@ -149,10 +149,13 @@ class Database:
             _ping_idle(self.engine)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, *, alone: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction. Everything done on the yielded connection commits together.
-        On SQLite the one writer slot is the single-writer lock."""
-        async with self._unit() as conn:
+        On SQLite the one writer slot is the single-writer lock. ``alone`` (PostgreSQL; for a
+        unit that mostly writes once, at its end): BEGIN waits for the first statement, and
+        if that is the unit's last write (``Direct.execute_guarded(last=True)``) it runs alone
+        in autocommit, checking its own guards: no BEGIN and COMMIT round trips."""
+        async with self._unit(alone=alone) as conn:
             yield conn
 
     @asynccontextmanager
@@ -176,7 +179,7 @@ class Database:
                 await self._give_back(conn)
 
     @asynccontextmanager
-    async def _unit(self) -> AsyncIterator[AsyncConnection]:
+    async def _unit(self, *, alone: bool = False) -> AsyncIterator[AsyncConnection]:
         # Write transactions run on connections this object keeps open (checking one out of
         # the engine's pool and resetting it on return cost more than many statements).
         async with self._writer_slots, self._between_processes():
@@ -192,6 +195,8 @@ class Database:
                     # BEGIN and the claim wait for the unit's first statement; if that is its
                     # last write, they ride in it (Direct.defer): one round trip.
                     d.defer(conn, cast(Foldable, first))
+                elif first is None and alone and not self.is_sqlite:
+                    d.defer(conn, None)  # see transaction(alone=True)
                 else:
                     # BEGIN on the driver now (not through SQLAlchemy's transaction: its
                     # greenlets cost more than a small statement): statements run directly

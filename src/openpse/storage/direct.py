@@ -30,12 +30,13 @@ from typing import Any, Protocol
 
 import orjson
 from asyncpg.exceptions import IntegrityConstraintViolationError as _PG_INTEGRITY
+from asyncpg.exceptions import InvalidTextRepresentationError as _PG_BAD_TEXT
 from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Direct", "Foldable", "Write", "Writes", "decode", "direct", "json_param", "prefixed",
-           "unprefixed"]
+__all__ = ["Direct", "Foldable", "GuardMissed", "Write", "Writes", "decode", "direct",
+           "json_param", "prefixed", "unprefixed"]
 
 # Writes made with a statement: (table, row) inserts, (table, values, where) updates; values as
 # column -> value with JSON columns as Python values.
@@ -221,6 +222,16 @@ class Foldable(Protocol):
 
 
 _GUARDED: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]], str] = {}
+_ALONE: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...], str], str] = {}
+
+# What a statement that runs alone (``Direct.execute_guarded``) casts to an integer when a guard
+# missed: the cast fails, so the statement fails and nothing of it is written.
+_GUARD_MISSED = "openpse: a guarded row changed"
+
+
+class GuardMissed(RuntimeError):
+    """A version-checked (guarded) update found its row changed since it was read: another
+    transaction changed it. Nothing of the statement or unit was written."""
 
 
 def _as_update(w: Write) -> tuple[Table, Mapping[str, Any], Mapping[str, Any]]:
@@ -241,16 +252,25 @@ class Direct:
         # A unit of work whose BEGIN and first write wait for its first statement (``defer``):
         # its connection and that first write; ``_sealed`` once the write that carried them
         # committed by itself (nothing may follow it).
-        self._deferred: tuple[AsyncConnection, Foldable] | None = None
+        self._deferred: tuple[AsyncConnection, Foldable | None] | None = None
         self._sealed = False
 
-    def defer(self, conn: AsyncConnection, first: Foldable) -> None:
+    def defer(self, conn: AsyncConnection, first: Foldable | None) -> None:
         """PostgreSQL: begin ``conn``'s unit of work at its first statement, not now, and run
-        ``first`` (a deferred idempotency claim) first in it then; unless that statement is
-        the unit's last write (``execute_guarded(last=True)``), which then carries ``first``
-        and runs alone, in autocommit: one statement instead of BEGIN, ``first``, the write
-        and COMMIT (on PostgreSQL a single statement is atomic by itself)."""
+        ``first`` (a deferred idempotency claim), if any, first in it then; unless that
+        statement is the unit's last write (``execute_guarded(last=True)``), which then
+        carries ``first`` and runs alone, in autocommit: one statement instead of BEGIN,
+        ``first``, the write and COMMIT (on PostgreSQL a single statement is atomic by
+        itself)."""
         self._deferred, self._sealed = (conn, first), False
+
+    @property
+    def can_run_alone(self) -> bool:
+        """Whether the unit's next statement may be its only one: PostgreSQL, BEGIN still
+        deferred with no first write (``Database.transaction(alone=True)``), nothing begun
+        through SQLAlchemy either."""
+        return (self._lite is None and self._deferred is not None
+                and self._deferred[1] is None and self._adapter._transaction is None)
 
     @property
     def deferred(self) -> bool:
@@ -269,7 +289,8 @@ class Direct:
         if self._deferred is not None:
             (conn, first), self._deferred = self._deferred, None
             await self.begin_unit()
-            await first.run(conn)
+            if first is not None:
+                await first.run(conn)
 
     async def begin(self) -> None:
         """Open the SQLAlchemy connection's transaction now (PostgreSQL). SQLAlchemy's asyncpg
@@ -351,7 +372,8 @@ class Direct:
 
     async def execute_guarded(self, sql: str, params: Mapping[str, Any] | None = None, *,
                               writes: Writes = (), guards: Sequence[Write] = (),
-                              last: bool = False) -> list[int]:
+                              last: bool = False, tail: tuple[str, Mapping[str, Any]] | None = None
+                              ) -> list[int]:
         """:meth:`execute` with ``guards``: updates ``(table, values, where)`` made with it whose
         row counts it returns, in order (a version-checked update's count is its lost-update
         guard: the caller raises, rolling the transaction back, unless it is 1). PostgreSQL:
@@ -359,7 +381,15 @@ class Direct:
         SQLite: the guards, then the writes, then ``sql``. ``last``: the caller's unit of work
         writes nothing after this and has nothing to run before its commit; if its BEGIN is
         still deferred (``defer``) and there are no guards to check, the deferred first write
-        rides in this statement, which commits by itself."""
+        rides in this statement, which commits by itself. With no first write
+        (``can_run_alone``) the statement runs alone with its guards, which it checks itself:
+        it fails, writing nothing, if one missed (``GuardMissed``), and ``tail`` (a statement
+        with a ``{ok}`` condition, its parameters) runs in it after the guards' updates, only
+        when they all hit: what was to run before the commit (``storage.ledger``)."""
+        if last and self.can_run_alone and not sql.startswith("WITH"):
+            return await self._alone(sql, params or {}, writes, guards, tail)
+        if tail is not None:
+            raise ValueError("a tail rides only in a statement that runs alone")
         if (last and self._deferred is not None and not guards and not sql.startswith("WITH")
                 and self._adapter._transaction is None):
             await self._folded(sql, params or {}, writes)
@@ -390,11 +420,53 @@ class Direct:
             raise IntegrityError(full, merged, exc) from exc
         return [int(c) for c in record]
 
+    async def _alone(self, sql: str, params: Mapping[str, Any], writes: Writes,
+                     guards: Sequence[Write], tail: tuple[str, Mapping[str, Any]] | None
+                     ) -> list[int]:
+        """``execute_guarded(last=True)`` as the unit's only statement, in autocommit."""
+        merged = dict(params)
+        for k, (table, values, where) in enumerate(_as_update(g) for g in guards):
+            merged.update(_update_params(table, values, where, f"g{k}_"))
+        tail_sql = tail[0] if tail else ""
+        key = (sql, tuple((g[0].name, tuple(g[1]), tuple(_as_update(g)[2])) for g in guards),
+               tail_sql)
+        text = _ALONE.get(key)
+        if text is None:
+            ctes = [f"g{k} AS ({_update_sql(table, tuple(values), tuple(where), f'g{k}_')} "
+                    "RETURNING 1)"
+                    for k, (table, values, where) in enumerate(_as_update(g) for g in guards)]
+            ok = " AND ".join(f"(SELECT count(*) FROM g{k}) = 1" for k in range(len(guards)))
+            ok = ok or "TRUE"
+            ctes.append(f"m AS ({sql})")
+            if tail:  # after the guards' updates (it reads them), so in the same lock order
+                ctes.append(f"t AS ({tail_sql.replace('{ok}', ok)})")
+            # A missed guard fails the cast at run time (the condition is not a constant, so
+            # the planner cannot fold it): the statement fails, and with it everything in it.
+            text = _ALONE[key] = (f"WITH {', '.join(ctes)} SELECT CAST(CASE WHEN {ok} THEN '1' "
+                                  f"ELSE '{_GUARD_MISSED}' END AS integer)")
+        if tail:
+            merged.update(tail[1])
+        full, merged = _with_writes(text, merged, writes) if writes else (text, merged)
+        self._deferred = None  # the unit is this statement, whatever its outcome
+        pg, names = _pg(full)
+        try:
+            await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
+        except _PG_INTEGRITY as exc:
+            raise IntegrityError(full, merged, exc) from exc
+        except _PG_BAD_TEXT as exc:
+            if _GUARD_MISSED in str(exc):
+                missed = [dict(_as_update(g)[2]) for g in guards]
+                raise GuardMissed(f"a guarded update missed: {missed}") from exc
+            raise
+        self._sealed = True
+        return [1] * len(guards)
+
     async def _folded(self, sql: str, params: Mapping[str, Any], writes: Writes) -> None:
         """``sql`` and ``writes`` with the deferred first write's CTEs in front, in autocommit:
         one statement, atomic by itself, that commits the unit (see ``defer``)."""
         assert self._deferred is not None
         (_, first), self._deferred = self._deferred, None
+        assert first is not None
         ctes, first_params = first.fold()
         main = f"WITH m AS ({sql}) {_FOLDED_RESULT}"
         text, merged = _with_writes(main, params, writes) if writes else (main, dict(params))

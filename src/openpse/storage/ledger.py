@@ -23,11 +23,12 @@ from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
-from openpse.storage.db import TX_SCOPED_INFO, Tx, before_commit
+from openpse.storage.db import BEFORE_COMMIT, TX_SCOPED_INFO, Tx, before_commit
 from openpse.storage.direct import Write, direct
 from openpse.storage.tables import journals, ledger_accounts, ledger_balances, postings
 
-__all__ = ["BALANCE_SLOTS", "account_balances", "balances_for", "post_journal"]
+__all__ = ["BALANCE_SLOTS", "account_balances", "balances_for", "post_journal",
+           "take_balance_statement"]
 
 # Slots per account: a transaction shares its slot with one of nine others running at once
 # about 13 % of the time (and then waits only if their commits overlap); a balance read sums
@@ -140,6 +141,31 @@ async def _apply_balance_deltas(tx: Tx) -> None:
             for acct, delta in sorted(tx.info[TX_SCOPED_INFO][_BALANCE_DELTAS].items()) if delta]
     if rows:  # one pipelined round trip on PostgreSQL; still applied (and locked) in order
         await direct(tx).executemany(_ADD_TO_BALANCE, rows)
+
+
+def take_balance_statement(tx: Tx) -> tuple[str, dict[str, Any]] | None:
+    """When adding the transaction's postings to its balances is all that is left to run
+    before its commit: take that work off the commit and return it as a statement for the
+    unit's last one (``Direct.execute_guarded``'s ``tail``: it writes only if its ``{ok}``
+    condition holds). None, leaving everything as it was, when there is other work too."""
+    scoped: dict[str, Any] = tx.info.get(TX_SCOPED_INFO, {})
+    if scoped.get(BEFORE_COMMIT, []) != [_apply_balance_deltas]:
+        return None
+    deltas = scoped.pop(_BALANCE_DELTAS)
+    scoped.pop(BEFORE_COMMIT)
+    slot = random.randrange(BALANCE_SLOTS)
+    rows = [(acct, delta) for acct, delta in sorted(deltas.items()) if delta]
+    if not rows:
+        return "SELECT 1 WHERE {ok}", {}
+    params: dict[str, Any] = {"tb_slot": slot}
+    for i, (acct, delta) in enumerate(rows):
+        params[f"tb_a{i}"], params[f"tb_d{i}"] = acct, delta
+    values = ", ".join(f"(:tb_a{i}::bigint, :tb_d{i}::bigint)" for i in range(len(rows)))
+    # In account order, as _apply_balance_deltas: no deadlock with transactions doing that.
+    return (f"INSERT INTO ledger_balances (account_id, slot, balance) SELECT v.a, "
+            f":tb_slot::integer, v.d FROM (VALUES {values}) AS v(a, d) WHERE {{ok}} "
+            "ORDER BY v.a ON CONFLICT (account_id, slot) DO UPDATE SET balance = "
+            "ledger_balances.balance + excluded.balance", params)
 
 
 _ADD_TO_BALANCE = (
