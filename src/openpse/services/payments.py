@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 
 from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
 from openpse.domain import cards as card_rules
@@ -45,7 +45,7 @@ from openpse.services.context import Caller, Services
 from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
-from openpse.storage.direct import Write, decode, direct, prefixed, unprefixed
+from openpse.storage.direct import GuardMissed, Write, decode, direct, prefixed, unprefixed
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import in_scope, load_scoped, missing, update_versioned
 from openpse.storage.tables import (
@@ -652,6 +652,14 @@ async def apply_result(
     idempotency key in the same transaction (``Caller.respond``)."""
     now = svc.now()
     scope = Caller(merchant_id, livemode) if caller is None else caller
+    if not svc.db.is_sqlite and result.outcome != Outcome.PENDING:
+        try:
+            done = await _apply_unlocked(svc, caller, scope, payment_id, attempt_id, operation,
+                                         result, now, respond_status)
+        except GuardMissed:  # changed since we read it: nothing was written; lock and redo
+            done = None
+        if done is not None:
+            return done
     async with svc.db.transaction() as tx:
         row, attempt = await _lock_with_attempt(tx, scope, payment_id, attempt_id)
         if attempt is None or attempt.status != "pending":
@@ -664,22 +672,60 @@ async def apply_result(
                     "attempt": attempt_id, "operation": operation, "outcome": result.outcome,
                     "status_at_arrival": row["status"]}, now)
             return row
-        # The attempt's update, the payment's (version-checked), its event and journal and the
-        # request's stored answer are held and made together: one statement on PostgreSQL.
-        # Until the flush the database holds the payment as it was: the hooks that run in
-        # between (checkout) work on the new row they are given, and read no payment.
-        held = Held(keep=True, writes=[finished])
-        handler = _APPLY[operation]
-        new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now, held)
-        if (respond_status is not None and caller is not None and caller.respond is not None
-                and new["status"] != Status.FAILED):
-            await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)),
-                                 held.writes)
-        await flush(tx, held)
-        return new
+        return await _apply_to(svc, tx, caller, row, attempt, operation, result, now,
+                               respond_status, Held(keep=True, writes=[finished]))
 
 
-def _finished_attempt(attempt_id: str, result: ConnectorResult, now: int) -> Write:
+async def _apply_unlocked(
+    svc: Services, caller: Caller | None, scope: Caller, payment_id: str, attempt_id: str,
+    operation: str, result: ConnectorResult, now: int, respond_status: int | None,
+) -> dict[str, Any] | None:
+    """PostgreSQL, the common case (a payment ``processing`` with its attempt pending): read
+    without a lock, then make the whole answer one statement that commits by itself
+    (``Database.transaction(alone=True)``), its balances included, with the payment's update
+    checked against the version read and the attempt's against ``pending``. Two round trips
+    instead of BEGIN, the lock, the answer, the balances and COMMIT. ``GuardMissed`` (nothing
+    written) when either changed in between; None when the case is not the common one (the
+    locked path decides)."""
+    async with svc.db.read() as conn:
+        found = await direct(conn).fetchone(_LOCK_WITH_ATTEMPT, {"id": payment_id,
+                                                                  "att": attempt_id})
+    if found is None or not in_scope(found, scope.merchant_id, scope.livemode):
+        return None
+    attempt = unprefixed(found, "a", _ATTEMPT_COLUMNS, payment_attempts)
+    terms = unprefixed(found, "m", _TERMS_COLUMNS, merchants)
+    row = decode(found, payments)
+    if attempt["status"] != "pending" or row["status"] != Status.PROCESSING:
+        return None
+    table, values, where = _finished_attempt(attempt_id, result, now)
+    guard: Write = (table, values, {**where, "status": "pending"})
+    async with svc.db.transaction(alone=True) as tx:
+        _terms_cache(tx)[row["merchant_id"]] = terms
+        return await _apply_to(svc, tx, caller, row, SimpleNamespace(**attempt), operation,
+                               result, now, respond_status, Held(keep=True, guards=[guard]),
+                               last=True)
+
+
+async def _apply_to(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
+                    attempt: Any, operation: str, result: ConnectorResult, now: int,
+                    respond_status: int | None, held: Held, *, last: bool = False
+                    ) -> dict[str, Any]:
+    """The answer to a payment ``processing`` with its attempt pending: the attempt's update
+    (in ``held``), the payment's (version-checked), its event and journal and the request's
+    stored answer are held and made together: one statement on PostgreSQL. Until the flush
+    the database holds the payment as it was: the hooks that run in between (checkout) work
+    on the new row they are given, and read no payment."""
+    handler = _APPLY[operation]
+    new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now, held)
+    if (respond_status is not None and caller is not None and caller.respond is not None
+            and new["status"] != Status.FAILED):
+        await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)), held.writes)
+    await flush(tx, held, last=last)
+    return new
+
+
+def _finished_attempt(attempt_id: str, result: ConnectorResult, now: int
+                      ) -> tuple[Table, dict[str, Any], dict[str, Any]]:
     """The attempt's update for the acquirer's answer (a ``Direct`` write)."""
     status = {Outcome.PENDING: "pending", Outcome.REQUIRES_ACTION: "action_required",
               Outcome.DECLINED: "failed", Outcome.ERROR: "failed",

@@ -1,0 +1,165 @@
+"""Applying an acquirer's answer (``payments.apply_result``) when something else changes the
+payment at the same time. On PostgreSQL the answer is read without a lock and written as one
+statement that checks the payment's version and the attempt's ``pending`` itself
+(``Database.transaction(alone=True)``); a change in between fails that statement, writing
+nothing, and the answer is applied again under the lock. Either way a payment is posted once,
+its events are written once and the ledger balances. SQLite runs the locked path only."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from asyncpg.exceptions import InvalidTextRepresentationError
+from sqlalchemy import func, select, update
+
+from openpse.connectors.base import ConnectorResult, Outcome
+from openpse.services import payments as svc_payments
+from openpse.services.context import Caller
+from openpse.storage.direct import GuardMissed
+from openpse.storage.tables import events, payment_attempts, payments
+from tests.conftest import new_merchant
+from tests.support.ledger import VISA, journals_for, ledger_problems, merchant_balances
+
+
+class _Crash(BaseException):
+    """The process dying between the acquirer's answer and applying it."""
+
+
+@pytest.fixture
+async def shop(services: Any) -> Caller:
+    kit = await new_merchant(services, "http://127.0.0.1:9")
+    return Caller(kit.merchant_id, False)
+
+
+async def _processing(services: Any, shop: Caller, monkeypatch: Any, n: int
+                      ) -> list[tuple[str, str]]:
+    """``n`` payments the acquirer charged whose answer was never applied: (payment, attempt).
+    Two payments succeed first: the merchant's ledger accounts then exist and their ids are
+    cached (ids are cached once read back, not when created), so applying an answer has
+    nothing to read or create before its statement."""
+    for warm in ("race-warm-1", "race-warm-2"):
+        await svc_payments.create_payment(services, shop, {
+            "amount": 1000, "currency": "USD", "merchant_order_id": warm, "confirm": True,
+            "capture_method": "automatic", "payment_method": {"type": "card"}},
+            svc_payments.CardInput(VISA, 12, 2034, "123"))
+    sim = services.connectors["simulator"]
+    real = sim.authorize
+
+    async def charges_then_dies(req: Any) -> Any:
+        await real(req)
+        raise _Crash
+
+    monkeypatch.setattr(sim, "authorize", charges_then_dies)
+    for i in range(n):
+        with pytest.raises(_Crash):
+            await svc_payments.create_payment(services, shop, {
+                "amount": 1500 + i, "currency": "USD", "merchant_order_id": f"race-{i}",
+                "confirm": True, "capture_method": "automatic",
+                "payment_method": {"type": "card"}},
+                svc_payments.CardInput(VISA, 12, 2034, "123"))
+    monkeypatch.undo()
+    async with services.db.read() as conn:
+        rows = (await conn.execute(
+            select(payments.c.id, payment_attempts.c.id.label("att"))
+            .join(payment_attempts, payment_attempts.c.payment_id == payments.c.id)
+            .where(payments.c.merchant_id == shop.merchant_id,
+                   payments.c.status == "processing",
+                   payment_attempts.c.status == "pending"))).all()
+    assert len(rows) == n
+    return [(r.id, r.att) for r in rows]
+
+
+def _apply(services: Any, shop: Caller, payment_id: str, attempt_id: str) -> Any:
+    return svc_payments.apply_result(
+        services, None, payment_id, attempt_id, "authorize",
+        ConnectorResult(Outcome.CAPTURED, connector_reference=f"ch_{attempt_id}"),
+        merchant_id=shop.merchant_id, livemode=False)
+
+
+async def _posted_once(services: Any, shop: Caller, pays: list[tuple[str, str]]) -> None:
+    async with services.db.read() as conn:
+        total = (await conn.execute(select(func.sum(payments.c.amount - payments.c.fee)).where(
+            payments.c.merchant_id == shop.merchant_id,
+            payments.c.status == "succeeded"))).scalar_one()
+        for payment_id, attempt_id in pays:
+            row = (await conn.execute(select(payments).where(
+                payments.c.id == payment_id))).one()
+            assert row.status == "succeeded" and row.amount_received == row.amount
+            n_succeeded = (await conn.execute(select(func.count()).select_from(events).where(
+                events.c.object_id == payment_id,
+                events.c.type == "payment.succeeded"))).scalar_one()
+            assert n_succeeded == 1
+            att = (await conn.execute(select(payment_attempts.c.status).where(
+                payment_attempts.c.id == attempt_id))).scalar_one()
+            assert att == "succeeded"
+    for payment_id, _ in pays:
+        assert [j["kind"] for j in await journals_for(services, payment_id)] == ["capture"]
+    assert not await ledger_problems(services)
+    balances = await merchant_balances(services, shop.merchant_id)
+    # credits are negative in these books: the merchant is owed what it took, less fees
+    assert sum(v for (kind, _), v in balances.items() if kind == "merchant_pending") == -total
+
+
+async def test_answers_racing_for_one_attempt_post_it_once(services: Any, shop: Caller,
+                                                             monkeypatch: Any) -> None:
+    pays = await _processing(services, shop, monkeypatch, 4)
+    for payment_id, attempt_id in pays:
+        outs = await asyncio.gather(*(_apply(services, shop, payment_id, attempt_id)
+                                      for _ in range(3)))
+        assert [o["status"] for o in outs] == ["succeeded"] * 3
+        assert len({o["version"] for o in outs}) == 1  # the one that won, as all read it
+    await _posted_once(services, shop, pays)
+
+
+async def test_a_payment_changed_after_the_unlocked_read_is_answered_under_the_lock(
+        services: Any, shop: Caller, monkeypatch: Any) -> None:
+    """A real write on another connection between the answer's read and its statement (the
+    hook opens it right before the unit begins): the statement misses its guard and writes
+    nothing, and the locked path applies the answer to the payment as it now is."""
+    ((payment_id, attempt_id),) = await _processing(services, shop, monkeypatch, 1)
+    real_transaction = services.db.transaction
+    missed: list[BaseException] = []
+    interfered: list[str] = []
+
+    @asynccontextmanager
+    async def transaction(*, alone: bool = False) -> Any:
+        if alone:
+            async with real_transaction() as other:  # someone else, committed first
+                await other.execute(update(payments).where(payments.c.id == payment_id)
+                                    .values(version=payments.c.version + 1,
+                                            description=f"changed {uuid.uuid4().hex[:6]}"))
+            interfered.append(payment_id)
+        async with real_transaction(alone=alone) as tx:
+            yield tx
+
+    real_unlocked = svc_payments._apply_unlocked
+
+    async def unlocked(*a: Any, **kw: Any) -> Any:
+        try:
+            return await real_unlocked(*a, **kw)
+        except GuardMissed as exc:
+            missed.append(exc)
+            raise
+
+    monkeypatch.setattr(services.db, "transaction", transaction)
+    monkeypatch.setattr(svc_payments, "_apply_unlocked", unlocked)
+    async with services.db.read() as conn:
+        version_before = (await conn.execute(select(payments.c.version).where(
+            payments.c.id == payment_id))).scalar_one()
+    out = await _apply(services, shop, payment_id, attempt_id)
+    monkeypatch.undo()
+    assert out["status"] == "succeeded"
+    if services.db.is_sqlite:  # the locked path only: no unlocked read to go stale
+        assert interfered == [] and missed == []
+        assert out["version"] == version_before + 1
+    else:
+        assert interfered == [payment_id] and len(missed) == 1
+        # missed by the lone statement's own check (not counted afterwards in a transaction)
+        assert isinstance(missed[0].__cause__, InvalidTextRepresentationError)
+        assert out["version"] == version_before + 2  # theirs, then the answer
+        assert out["description"].startswith("changed ")  # applied to their row, not ours
+    await _posted_once(services, shop, [(payment_id, attempt_id)])
