@@ -20,7 +20,7 @@ from openpse.connectors.base import ConnectorResult, Outcome
 from openpse.services import payments as svc_payments
 from openpse.services.context import Caller
 from openpse.storage.direct import GuardMissed
-from openpse.storage.tables import events, payment_attempts, payments
+from openpse.storage.tables import events, idempotency_keys, payment_attempts, payments
 from tests.conftest import new_merchant
 from tests.support.ledger import VISA, journals_for, ledger_problems, merchant_balances
 
@@ -73,11 +73,38 @@ async def _processing(services: Any, shop: Caller, monkeypatch: Any, n: int
     return [(r.id, r.att) for r in rows]
 
 
-def _apply(services: Any, shop: Caller, payment_id: str, attempt_id: str) -> Any:
+def _apply(services: Any, shop: Caller, payment_id: str, attempt_id: str,
+           caller: Caller | None = None) -> Any:
     return svc_payments.apply_result(
-        services, None, payment_id, attempt_id, "authorize",
+        services, caller, payment_id, attempt_id, "authorize",
         ConnectorResult(Outcome.CAPTURED, connector_reference=f"ch_{attempt_id}"),
-        merchant_id=shop.merchant_id, livemode=False)
+        merchant_id=shop.merchant_id, livemode=False, respond_status=None if caller is None
+        else 201)
+
+
+async def _answering_caller(services: Any, shop: Caller, key: str) -> tuple[Caller, Any]:
+    """A request's caller whose answer is stored with its Idempotency-Key (as the pipeline's
+    is), and the claim."""
+    from openpse.api.errors import JSON_CONTENT_TYPE
+    from openpse.api.idempotency import Claimed, IdempotencyStore
+
+    store = IdempotencyStore(services.db, services.secrets, lock_timeout_s=60)
+    got = await store.begin(merchant_id=shop.merchant_id, livemode=False, key=key,
+                            method="POST", path="/v1/payments", req_hash="h-" + key,
+                            now=services.now())
+    assert isinstance(got, Claimed)
+
+    async def respond(tx: Any, status: int, body: bytes, writes: Any = None) -> None:
+        await store.store_in(tx, got, status=status,
+                             headers={"content-type": JSON_CONTENT_TYPE}, body=body,
+                             writes=writes)
+    return Caller(shop.merchant_id, False, idempotency_ref=got, respond=respond), got
+
+
+async def _key_status(services: Any, record_id: int) -> str:
+    async with services.db.read() as conn:
+        return str((await conn.execute(select(idempotency_keys.c.status).where(
+            idempotency_keys.c.id == record_id))).scalar_one())
 
 
 async def _posted_once(services: Any, shop: Caller, pays: list[tuple[str, str]]) -> None:
@@ -106,12 +133,24 @@ async def _posted_once(services: Any, shop: Caller, pays: list[tuple[str, str]])
 
 async def test_answers_racing_for_one_attempt_post_it_once(services: Any, shop: Caller,
                                                              monkeypatch: Any) -> None:
+    """The third racer is a request that stores its answer with its key. Whoever wins, the
+    claim says the answer is stored exactly when the key's row is completed: a racer whose
+    lone statement missed must not leave the claim believing its uncommitted answer stored
+    (the pipeline would then skip storing what it sends, leaving the key locked)."""
     pays = await _processing(services, shop, monkeypatch, 4)
+    lost = []
     for payment_id, attempt_id in pays:
-        outs = await asyncio.gather(*(_apply(services, shop, payment_id, attempt_id)
-                                      for _ in range(3)))
+        caller, got = await _answering_caller(services, shop, f"race-{uuid.uuid4().hex}")
+        outs = await asyncio.gather(_apply(services, shop, payment_id, attempt_id),
+                                    _apply(services, shop, payment_id, attempt_id),
+                                    _apply(services, shop, payment_id, attempt_id, caller))
         assert [o["status"] for o in outs] == ["succeeded"] * 3
         assert len({o["version"] for o in outs}) == 1  # the one that won, as all read it
+        completed = await _key_status(services, got.record_id) == "completed"
+        assert completed == (got.stored is not None), (completed, got.stored)
+        lost.append(not completed)
+    # started last, the answering racer loses nearly always: the case above is exercised
+    assert any(lost)
     await _posted_once(services, shop, pays)
 
 
