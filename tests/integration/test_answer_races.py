@@ -22,7 +22,13 @@ from openpse.services.context import Caller
 from openpse.storage.direct import GuardMissed
 from openpse.storage.tables import events, idempotency_keys, payment_attempts, payments
 from tests.conftest import new_merchant
-from tests.support.ledger import VISA, journals_for, ledger_problems, merchant_balances
+from tests.support.ledger import (
+    VISA,
+    acquirer_charges_then_dies,
+    journals_for,
+    ledger_problems,
+    merchant_balances,
+)
 
 
 class _Crash(BaseException):
@@ -46,14 +52,7 @@ async def _processing(services: Any, shop: Caller, monkeypatch: Any, n: int
             "amount": 1000, "currency": "USD", "merchant_order_id": warm, "confirm": True,
             "capture_method": "automatic", "payment_method": {"type": "card"}},
             svc_payments.CardInput(VISA, 12, 2034, "123"))
-    sim = services.connectors["simulator"]
-    real = sim.authorize
-
-    async def charges_then_dies(req: Any) -> Any:
-        await real(req)
-        raise _Crash
-
-    monkeypatch.setattr(sim, "authorize", charges_then_dies)
+    acquirer_charges_then_dies(services, monkeypatch, _Crash)
     for i in range(n):
         with pytest.raises(_Crash):
             await svc_payments.create_payment(services, shop, {

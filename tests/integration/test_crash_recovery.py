@@ -30,6 +30,7 @@ from tests.conftest import MerchantKit, make_server, new_merchant
 from tests.support.ledger import (
     DECLINED,
     VISA,
+    acquirer_charges_then_dies,
     acquirer_operations,
     count_payments,
     journals_for,
@@ -234,14 +235,7 @@ async def test_crash_before_the_acquirer_call_then_idempotent_retry(services, sh
 
 
 async def test_crash_after_the_acquirer_call_then_recovery_job(services, shop, monkeypatch):
-    sim = services.connectors["simulator"]
-    real = sim.authorize
-
-    async def charges_then_dies(req: Any) -> Any:
-        await real(req)
-        raise _Crash
-
-    monkeypatch.setattr(sim, "authorize", charges_then_dies)
+    acquirer_charges_then_dies(services, monkeypatch, _Crash)
     with pytest.raises(_Crash):
         await svc_payments.create_payment(services, shop, _params("cp-b"), _card())
     await _after_crash(services, shop, sim_rows=1)

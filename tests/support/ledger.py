@@ -126,3 +126,17 @@ async def acquirer_operations(services: Any, payment_id: str) -> list[dict[str, 
                 payment_attempts, payment_attempts.c.id == simulator_operations.c.reference))
             .where(payment_attempts.c.payment_id == payment_id))).all()
     return [dict(r._mapping) for r in rows]
+
+
+def acquirer_charges_then_dies(services: Any, monkeypatch: Any,
+                               crash: type[BaseException]) -> None:
+    """From now on (until ``monkeypatch.undo()``) the sandbox acquirer charges the card, then
+    the process "dies" (``crash``) before the answer is applied."""
+    sim = services.connectors["simulator"]
+    real = sim.authorize
+
+    async def charges_then_dies(req: Any) -> Any:
+        await real(req)
+        raise crash
+
+    monkeypatch.setattr(sim, "authorize", charges_then_dies)

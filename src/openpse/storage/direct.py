@@ -224,6 +224,7 @@ class Foldable(Protocol):
 _GUARDED: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]], str] = {}
 _ALONE: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...], str], str] = {}
 
+
 # What a statement that runs alone (``Direct.execute_guarded``) casts to an integer when a guard
 # missed: the cast fails, so the statement fails and nothing of it is written.
 _GUARD_MISSED = "openpse: a guarded row changed"
@@ -238,6 +239,28 @@ def _as_update(w: Write) -> tuple[Table, Mapping[str, Any], Mapping[str, Any]]:
     if len(w) != 3:
         raise ValueError("a guard is an update: (table, values, where)")
     return w
+
+
+_GuardShape = tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+
+
+def _guard_params(guards: Sequence[Write], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` and the guards' own (prefixed ``g0_``, ``g1_``, ...)."""
+    merged = dict(params)
+    for k, (table, values, where) in enumerate(_as_update(g) for g in guards):
+        merged.update(_update_params(table, values, where, f"g{k}_"))
+    return merged
+
+
+def _guard_shape(guards: Sequence[Write]) -> _GuardShape:
+    """What the guards' SQL depends on (a statement cache's key)."""
+    return tuple((g[0].name, tuple(g[1]), tuple(_as_update(g)[2])) for g in guards)
+
+
+def _guard_ctes(guards: Sequence[Write]) -> list[str]:
+    """The guards as CTEs ``g0``, ``g1``, ...: updates returning a row per row changed."""
+    return [f"g{k} AS ({_update_sql(table, tuple(values), tuple(where), f'g{k}_')} RETURNING 1)"
+            for k, (table, values, where) in enumerate(_as_update(g) for g in guards)]
 
 
 class Direct:
@@ -398,15 +421,11 @@ class Direct:
             counts = [await self.write(g) for g in guards]
             await self.execute(sql, params, writes=writes)
             return counts
-        merged = dict(params or {})
-        for k, (table, values, where) in enumerate(_as_update(g) for g in guards):
-            merged.update(_update_params(table, values, where, f"g{k}_"))
-        key = (sql, tuple((g[0].name, tuple(g[1]), tuple(_as_update(g)[2])) for g in guards))
+        merged = _guard_params(guards, params or {})
+        key = (sql, _guard_shape(guards))
         text = _GUARDED.get(key)
         if text is None:
-            ctes = [f"g{k} AS ({_update_sql(table, tuple(values), tuple(where), f'g{k}_')} "
-                    "RETURNING 1)"
-                    for k, (table, values, where) in enumerate(_as_update(g) for g in guards)]
+            ctes = _guard_ctes(guards)
             counts_sql = ", ".join(f"(SELECT count(*) FROM g{k})" for k in range(len(guards)))
             text = _GUARDED[key] = (f"WITH {', '.join(ctes)}, m AS ({sql}) "
                                     f"SELECT {counts_sql}")
@@ -424,17 +443,12 @@ class Direct:
                      guards: Sequence[Write], tail: tuple[str, Mapping[str, Any]] | None
                      ) -> list[int]:
         """``execute_guarded(last=True)`` as the unit's only statement, in autocommit."""
-        merged = dict(params)
-        for k, (table, values, where) in enumerate(_as_update(g) for g in guards):
-            merged.update(_update_params(table, values, where, f"g{k}_"))
+        merged = _guard_params(guards, params)
         tail_sql = tail[0] if tail else ""
-        key = (sql, tuple((g[0].name, tuple(g[1]), tuple(_as_update(g)[2])) for g in guards),
-               tail_sql)
+        key = (sql, _guard_shape(guards), tail_sql)
         text = _ALONE.get(key)
         if text is None:
-            ctes = [f"g{k} AS ({_update_sql(table, tuple(values), tuple(where), f'g{k}_')} "
-                    "RETURNING 1)"
-                    for k, (table, values, where) in enumerate(_as_update(g) for g in guards)]
+            ctes = _guard_ctes(guards)
             ok = " AND ".join(f"(SELECT count(*) FROM g{k}) = 1" for k in range(len(guards)))
             ok = ok or "TRUE"
             ctes.append(f"m AS ({sql})")
