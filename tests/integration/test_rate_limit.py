@@ -120,7 +120,14 @@ def test_redis_backed_limit_is_shared_by_two_servers(merchant, redis_servers):
     assert_error(refused, 429, "rate_limit_error", "rate_limited")
     assert int(refused.headers["Retry-After"]) >= 1
     assert refused.headers["RateLimit-Remaining"] == "0"
-    other = clients[(ok + 1) % 2].get("/v1/account")  # the other server refuses as well
+    # The other server refuses as well. A token may have refilled in between (one per
+    # 1/RATE_PER_S s; seen on a loaded CI machine): then it answers with the bucket empty, and
+    # refuses the next call. Its own bucket would still hold about BURST / 2.
+    other_client = clients[(ok + 1) % 2]
+    other = other_client.get("/v1/account")
+    if other.status_code == 200:
+        assert other.headers["RateLimit-Remaining"] == "0", dict(other.headers)
+        other = other_client.get("/v1/account")
     assert_error(other, 429, "rate_limit_error", "rate_limited")
 
 
