@@ -45,7 +45,15 @@ from openpse.services.context import Caller, Services
 from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
-from openpse.storage.direct import GuardMissed, Write, decode, direct, prefixed, unprefixed
+from openpse.storage.direct import (
+    Direct,
+    GuardMissed,
+    Write,
+    decode,
+    direct,
+    prefixed,
+    unprefixed,
+)
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import in_scope, load_scoped, missing, update_versioned
 from openpse.storage.tables import (
@@ -431,15 +439,27 @@ async def _lock_with_attempt(tx: Tx, caller: Caller, payment_id: str, attempt_id
     """``_lock`` and, in the same statement (one round trip instead of three), the attempt
     (attribute access, or None) and the merchant's terms (kept for ``merchant_terms``)."""
     d = direct(tx)
-    sql = _LOCK_WITH_ATTEMPT if d.is_sqlite else _LOCK_WITH_ATTEMPT + " FOR UPDATE OF p"
+    found = await _with_attempt(d, caller, payment_id, attempt_id, lock=not d.is_sqlite)
+    if found is None:
+        raise missing("payment", payment_id)
+    row, attempt, terms = found
+    _terms_cache(tx)[row["merchant_id"]] = terms
+    return row, attempt
+
+
+async def _with_attempt(d: Direct, caller: Caller, payment_id: str, attempt_id: str, *,
+                        lock: bool) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
+    """The payment (None if missing or out of ``caller``'s scope), the attempt (attribute
+    access, or None) and the merchant's terms, in one statement; ``lock``: the payment's row
+    (PostgreSQL, in a transaction)."""
+    sql = _LOCK_WITH_ATTEMPT + " FOR UPDATE OF p" if lock else _LOCK_WITH_ATTEMPT
     row = await d.fetchone(sql, {"id": payment_id, "att": attempt_id})
     if row is None or not in_scope(row, caller.merchant_id, caller.livemode):
-        raise missing("payment", payment_id)
+        return None
     attempt = unprefixed(row, "a", _ATTEMPT_COLUMNS, payment_attempts)
     terms = unprefixed(row, "m", _TERMS_COLUMNS, merchants)
-    _terms_cache(tx)[row["merchant_id"]] = terms
     return (decode(row, payments),
-            None if attempt["id"] is None else SimpleNamespace(**attempt))
+            None if attempt["id"] is None else SimpleNamespace(**attempt), terms)
 
 
 _ATTEMPT_COLUMNS = tuple(c.name for c in payment_attempts.columns)
@@ -690,22 +710,18 @@ async def _apply_unlocked(
     written) when either changed in between; None when the case is not the common one (the
     locked path decides)."""
     async with svc.db.read() as conn:
-        found = await direct(conn).fetchone(_LOCK_WITH_ATTEMPT, {"id": payment_id,
-                                                                  "att": attempt_id})
-    if found is None or not in_scope(found, scope.merchant_id, scope.livemode):
+        found = await _with_attempt(direct(conn), scope, payment_id, attempt_id, lock=False)
+    if found is None:
         return None
-    attempt = unprefixed(found, "a", _ATTEMPT_COLUMNS, payment_attempts)
-    terms = unprefixed(found, "m", _TERMS_COLUMNS, merchants)
-    row = decode(found, payments)
-    if attempt["status"] != "pending" or row["status"] != Status.PROCESSING:
+    row, attempt, terms = found
+    if attempt is None or attempt.status != "pending" or row["status"] != Status.PROCESSING:
         return None
     table, values, where = _finished_attempt(attempt_id, result, now)
     guard: Write = (table, values, {**where, "status": "pending"})
     async with svc.db.transaction(alone=True) as tx:
         _terms_cache(tx)[row["merchant_id"]] = terms
-        return await _apply_to(svc, tx, caller, row, SimpleNamespace(**attempt), operation,
-                               result, now, respond_status, Held(keep=True, guards=[guard]),
-                               last=True)
+        return await _apply_to(svc, tx, caller, row, attempt, operation, result, now,
+                               respond_status, Held(keep=True, guards=[guard]), last=True)
 
 
 async def _apply_to(svc: Services, tx: Tx, caller: Caller | None, row: dict[str, Any],
