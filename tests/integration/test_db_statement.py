@@ -253,7 +253,7 @@ async def test_a_unit_begun_alone_is_its_last_write_guards_and_tail_included(
         assert direct(tx).can_run_alone is alone
         counts = await direct(tx).execute_guarded(
             _MAIN, _main(ref), guards=[hit], last=True,
-            tail=(_TAIL, tail_params) if alone else None)
+            tails=[(_TAIL, tail_params)] if alone else ())
         assert counts == [1]
         assert await _count(services, ref) == (1 if alone else 0)  # committed by itself
     assert await _count(services, ref) == 1 and await _count(services, tail) == int(alone)
@@ -263,7 +263,7 @@ async def test_a_unit_begun_alone_is_its_last_write_guards_and_tail_included(
     with pytest.raises(GuardMissed):  # amount is 200 now: the guard misses
         async with services.db.transaction(alone=True) as tx:
             await direct(tx).execute_guarded(_MAIN, _main(again), guards=[missed], last=True,
-                                             tail=(_TAIL, {**tail_params, "t_ref": tail2}))
+                                             tails=[(_TAIL, {**tail_params, "t_ref": tail2})])
     assert await _count(services, again, tail2) == 0
     async with services.db.read() as conn:
         amount = (await conn.execute(select(simulator_operations.c.amount).where(
@@ -275,5 +275,34 @@ async def test_a_unit_begun_alone_is_its_last_write_guards_and_tail_included(
             await direct(tx).insert(simulator_operations, _op(before))
             assert not direct(tx).can_run_alone
             await direct(tx).execute_guarded(_MAIN, _main(again), last=True,
-                                             tail=(_TAIL, tail_params))
+                                             tails=[(_TAIL, tail_params)])
     assert await _count(services, before, again) == 0  # rolled back together
+
+
+async def test_before_commit_work_goes_into_the_last_write_only_when_all_of_it_can(
+        services: Any) -> None:
+    """``db.take_before_commit``: hooks that all have a statement form are taken off the
+    commit (they run as statements, not again at commit); one without a form leaves them all
+    to the commit."""
+    from openpse.storage.db import before_commit, take_before_commit
+
+    refs = [f"hook-{uuid.uuid4().hex}" for _ in range(3)]
+
+    def hook_for(ref: str) -> Any:
+        async def hook(conn: Any) -> None:
+            await direct(conn).insert(simulator_operations, _op(ref))
+        return hook
+
+    def form_for(ref: str) -> Any:
+        return lambda conn: (_TAIL.replace(":t_ref", f"'{ref}'"), {"t_result": "{}"})
+
+    async with services.db.transaction() as tx:
+        before_commit(tx, hook_for(refs[0]), as_statement=form_for(refs[0]))
+        before_commit(tx, hook_for(refs[1]))  # no statement form
+        assert take_before_commit(tx) is None
+    assert await _count(services, refs[0], refs[1]) == 2  # both ran at commit
+    async with services.db.transaction() as tx:
+        before_commit(tx, hook_for(refs[2]), as_statement=form_for(refs[2]))
+        taken = take_before_commit(tx)
+        assert taken is not None and [sql for sql, _ in taken] == [form_for(refs[2])(tx)[0]]
+    assert await _count(services, refs[2]) == 0  # taken off the commit: its caller runs it

@@ -16,9 +16,8 @@ from sqlalchemy import Table
 
 from openpse.domain.ids import new_id
 from openpse.services.context import Caller
-from openpse.storage.db import BEFORE_COMMIT, TX_SCOPED_INFO, Tx
+from openpse.storage.db import BEFORE_COMMIT, TX_SCOPED_INFO, Tx, take_before_commit
 from openpse.storage.direct import GuardMissed, Write, Writes, direct
-from openpse.storage.ledger import take_balance_statement
 from openpse.storage.rows import rfc3339
 from openpse.webhooks.outbox import write_event, write_events
 
@@ -97,12 +96,12 @@ async def flush(tx: Tx, held: Held, *, last: bool = False) -> None:
     events, writes, guards = held.events, held.writes, held.guards
     held.events, held.writes, held.guards = [], [], []
     if events:
-        tail = None
-        if last and direct(tx).can_run_alone:  # the balances ride in it, not after it
-            tail = take_balance_statement(tx)
+        tails = None
+        if last and direct(tx).can_run_alone:  # the before-commit work rides in it
+            tails = take_before_commit(tx)
         last = last and not tx.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT)
         counts = await write_events(tx, events, now_s=int(time.time()), writes=writes,
-                                    guards=guards, last=last, tail=tail)
+                                    guards=guards, last=last, tails=tails or ())
     elif guards:
         counts = await direct(tx).execute_guarded("SELECT 1", writes=writes, guards=guards)
     else:

@@ -81,10 +81,35 @@ def first_write(hook: FirstWrite) -> Iterator[None]:
         _FIRST_WRITE.reset(token)
 
 
-def before_commit(conn: AsyncConnection, hook: Callable[[AsyncConnection], Awaitable[None]]
-                  ) -> None:
-    """Run ``hook`` at the end of ``conn``'s current write transaction (once per call)."""
-    conn.info.setdefault(TX_SCOPED_INFO, {}).setdefault(BEFORE_COMMIT, []).append(hook)
+# A before-commit hook's work as one gated statement: SQL with an ``{ok}`` condition (it
+# writes only when that holds) and its parameters (named so as not to clash with others').
+GatedStatement = tuple[str, dict[str, Any]]
+_AS_STATEMENT = "before_commit_as_statement"
+
+
+def before_commit(conn: AsyncConnection, hook: Callable[[AsyncConnection], Awaitable[None]],
+                  *, as_statement: Callable[[AsyncConnection], GatedStatement | None] | None
+                  = None) -> None:
+    """Run ``hook`` at the end of ``conn``'s current write transaction (once per call).
+    ``as_statement``: the same work as a statement instead (None: nothing to do after all),
+    for a unit whose last write commits by itself (``take_before_commit``)."""
+    scoped = conn.info.setdefault(TX_SCOPED_INFO, {})
+    scoped.setdefault(BEFORE_COMMIT, []).append(hook)
+    scoped.setdefault(_AS_STATEMENT, []).append(as_statement)
+
+
+def take_before_commit(conn: AsyncConnection) -> list[GatedStatement] | None:
+    """The transaction's before-commit work as statements for its last write to carry
+    (``Direct.execute_guarded``'s ``tails``), taken off the commit; None, leaving it all to
+    the commit, when some of it has no statement form."""
+    scoped = conn.info.get(TX_SCOPED_INFO, {})
+    forms = scoped.get(_AS_STATEMENT, [])
+    if None in forms:
+        return None
+    statements = [st for form in forms if (st := form(conn)) is not None]
+    scoped.pop(BEFORE_COMMIT, None)
+    scoped.pop(_AS_STATEMENT, None)
+    return statements
 
 
 class Database:

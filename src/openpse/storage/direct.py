@@ -221,8 +221,6 @@ class Foldable(Protocol):
     def fold_failed(self, exc: IntegrityError) -> None: ...
 
 
-_GUARDED: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]], str] = {}
-_ALONE: dict[tuple[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...], str], str] = {}
 
 
 # What a statement that runs alone (``Direct.execute_guarded``) casts to an integer when a guard
@@ -242,6 +240,8 @@ def _as_update(w: Write) -> tuple[Table, Mapping[str, Any], Mapping[str, Any]]:
 
 
 _GuardShape = tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+_GUARDED: dict[tuple[str, _GuardShape], str] = {}
+_ALONE: dict[tuple[str, _GuardShape, tuple[str, ...]], str] = {}
 
 
 def _guard_params(guards: Sequence[Write], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -395,8 +395,8 @@ class Direct:
 
     async def execute_guarded(self, sql: str, params: Mapping[str, Any] | None = None, *,
                               writes: Writes = (), guards: Sequence[Write] = (),
-                              last: bool = False, tail: tuple[str, Mapping[str, Any]] | None = None
-                              ) -> list[int]:
+                              last: bool = False,
+                              tails: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> list[int]:
         """:meth:`execute` with ``guards``: updates ``(table, values, where)`` made with it whose
         row counts it returns, in order (a version-checked update's count is its lost-update
         guard: the caller raises, rolling the transaction back, unless it is 1). PostgreSQL:
@@ -406,12 +406,12 @@ class Direct:
         still deferred (``defer``) and there are no guards to check, the deferred first write
         rides in this statement, which commits by itself. With no first write
         (``can_run_alone``) the statement runs alone with its guards, which it checks itself:
-        it fails, writing nothing, if one missed (``GuardMissed``), and ``tail`` (a statement
-        with a ``{ok}`` condition, its parameters) runs in it after the guards' updates, only
-        when they all hit: what was to run before the commit (``storage.ledger``)."""
+        it fails, writing nothing, if one missed (``GuardMissed``), and ``tails`` (statements
+        with an ``{ok}`` condition, and their parameters) run in it after the guards' updates,
+        only when they all hit: what was to run before the commit (``db.take_before_commit``)."""
         if last and self.can_run_alone and not sql.startswith("WITH"):
-            return await self._alone(sql, params or {}, writes, guards, tail)
-        if tail is not None:
+            return await self._alone(sql, params or {}, writes, guards, tails)
+        if tails:
             raise ValueError("a tail rides only in a statement that runs alone")
         if (last and self._deferred is not None and not guards and not sql.startswith("WITH")
                 and self._adapter._transaction is None):
@@ -440,11 +440,11 @@ class Direct:
         return [int(c) for c in record]
 
     async def _alone(self, sql: str, params: Mapping[str, Any], writes: Writes,
-                     guards: Sequence[Write], tail: tuple[str, Mapping[str, Any]] | None
+                     guards: Sequence[Write], tails: Sequence[tuple[str, Mapping[str, Any]]]
                      ) -> list[int]:
         """``execute_guarded(last=True)`` as the unit's only statement, in autocommit."""
         merged = _guard_params(guards, params)
-        tail_sql = tail[0] if tail else ""
+        tail_sql = tuple(t[0] for t in tails)
         key = (sql, _guard_shape(guards), tail_sql)
         text = _ALONE.get(key)
         if text is None:
@@ -452,14 +452,14 @@ class Direct:
             ok = " AND ".join(f"(SELECT count(*) FROM g{k}) = 1" for k in range(len(guards)))
             ok = ok or "TRUE"
             ctes.append(f"m AS ({sql})")
-            if tail:  # after the guards' updates (it reads them), so in the same lock order
-                ctes.append(f"t AS ({tail_sql.replace('{ok}', ok)})")
+            # after the guards' updates (they read them), so in the same lock order
+            ctes += [f"t{i} AS ({t.replace('{ok}', ok)})" for i, t in enumerate(tail_sql)]
             # A missed guard fails the cast at run time (the condition is not a constant, so
             # the planner cannot fold it): the statement fails, and with it everything in it.
             text = _ALONE[key] = (f"WITH {', '.join(ctes)} SELECT CAST(CASE WHEN {ok} THEN '1' "
                                   f"ELSE '{_GUARD_MISSED}' END AS integer)")
-        if tail:
-            merged.update(tail[1])
+        for _, tail_params in tails:
+            merged.update(tail_params)
         full, merged = _with_writes(text, merged, writes) if writes else (text, merged)
         self._deferred = None  # the unit is this statement, whatever its outcome
         pg, names = _pg(full)

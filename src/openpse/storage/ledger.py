@@ -23,12 +23,11 @@ from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
-from openpse.storage.db import BEFORE_COMMIT, TX_SCOPED_INFO, Tx, before_commit
+from openpse.storage.db import TX_SCOPED_INFO, GatedStatement, Tx, before_commit
 from openpse.storage.direct import Write, direct
 from openpse.storage.tables import journals, ledger_accounts, ledger_balances, postings
 
-__all__ = ["BALANCE_SLOTS", "account_balances", "balances_for", "post_journal",
-           "take_balance_statement"]
+__all__ = ["BALANCE_SLOTS", "account_balances", "balances_for", "post_journal"]
 
 # Slots per account: a transaction shares its slot with one of nine others running at once
 # about 13 % of the time (and then waits only if their commits overlap); a balance read sums
@@ -124,7 +123,7 @@ async def post_journal(
     pending = scoped.get(_BALANCE_DELTAS)
     if pending is None:
         pending = scoped[_BALANCE_DELTAS] = defaultdict(int)
-        before_commit(tx, _apply_balance_deltas)
+        before_commit(tx, _apply_balance_deltas, as_statement=_balance_statement)
     for acct, delta in deltas.items():
         pending[acct] += delta
     return journal_id
@@ -133,35 +132,32 @@ async def post_journal(
 _BALANCE_DELTAS = "balance_deltas"
 
 
+def _slot_deltas(tx: Tx) -> tuple[int, list[tuple[int, int]]]:
+    """A random slot and the transaction's non-zero balance changes, in account order (no
+    deadlocks between transactions that picked the same slot)."""
+    deltas = tx.info[TX_SCOPED_INFO][_BALANCE_DELTAS]
+    return (random.randrange(BALANCE_SLOTS),
+            [(acct, delta) for acct, delta in sorted(deltas.items()) if delta])
+
+
 async def _apply_balance_deltas(tx: Tx) -> None:
-    """Add the transaction's postings to its accounts' balances: to one slot of each, in
-    account order (no deadlocks between transactions that picked the same slot)."""
-    slot = random.randrange(BALANCE_SLOTS)
-    rows = [{"id": acct, "slot": slot, "delta": delta}
-            for acct, delta in sorted(tx.info[TX_SCOPED_INFO][_BALANCE_DELTAS].items()) if delta]
+    """Add the transaction's postings to its accounts' balances: to one slot of each."""
+    slot, rows = _slot_deltas(tx)
     if rows:  # one pipelined round trip on PostgreSQL; still applied (and locked) in order
-        await direct(tx).executemany(_ADD_TO_BALANCE, rows)
+        await direct(tx).executemany(_ADD_TO_BALANCE, [
+            {"id": acct, "slot": slot, "delta": delta} for acct, delta in rows])
 
 
-def take_balance_statement(tx: Tx) -> tuple[str, dict[str, Any]] | None:
-    """When adding the transaction's postings to its balances is all that is left to run
-    before its commit: take that work off the commit and return it as a statement for the
-    unit's last one (``Direct.execute_guarded``'s ``tail``: it writes only if its ``{ok}``
-    condition holds). None, leaving everything as it was, when there is other work too."""
-    scoped: dict[str, Any] = tx.info.get(TX_SCOPED_INFO, {})
-    if scoped.get(BEFORE_COMMIT, []) != [_apply_balance_deltas]:
-        return None
-    deltas = scoped.pop(_BALANCE_DELTAS)
-    scoped.pop(BEFORE_COMMIT)
-    slot = random.randrange(BALANCE_SLOTS)
-    rows = [(acct, delta) for acct, delta in sorted(deltas.items()) if delta]
+def _balance_statement(tx: Tx) -> GatedStatement | None:
+    """``_apply_balance_deltas`` as one statement, for a unit whose last write commits by
+    itself (``db.take_before_commit``): it adds only if its ``{ok}`` condition holds."""
+    slot, rows = _slot_deltas(tx)
     if not rows:
-        return "SELECT 1 WHERE {ok}", {}
+        return None
     params: dict[str, Any] = {"tb_slot": slot}
     for i, (acct, delta) in enumerate(rows):
         params[f"tb_a{i}"], params[f"tb_d{i}"] = acct, delta
     values = ", ".join(f"(:tb_a{i}::bigint, :tb_d{i}::bigint)" for i in range(len(rows)))
-    # In account order, as _apply_balance_deltas: no deadlock with transactions doing that.
     return (f"INSERT INTO ledger_balances (account_id, slot, balance) SELECT v.a, "
             f":tb_slot::integer, v.d FROM (VALUES {values}) AS v(a, d) WHERE {{ok}} "
             "ORDER BY v.a ON CONFLICT (account_id, slot) DO UPDATE SET balance = "

@@ -117,7 +117,7 @@ async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int, writes: Writes
 
 async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
                        writes: Writes = (), guards: Writes = (), last: bool = False,
-                       tail: tuple[str, Mapping[str, Any]] | None = None) -> list[int]:
+                       tails: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> list[int]:
     """Insert ``events`` rows (their columns in ``rows``: one merchant's, one mode) and a
     pending delivery of each per enabled endpoint subscribed to its type, in the caller's
     transaction, in order.
@@ -127,7 +127,7 @@ async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
     one round trip whether or not the merchant has endpoints. SQLite (no round trips): each
     event's INSERT, then :func:`enqueue_for_event`. ``writes``: made with the events, in the
     same statement (``Direct.execute``); ``guards``: updates made with them whose row counts
-    are returned (``Direct.execute_guarded``, as are ``last`` and ``tail``, which only
+    are returned (``Direct.execute_guarded``, as are ``last`` and ``tails``, which only
     PostgreSQL takes). A delivery id there is the
     milliseconds of ``new_id`` and 64 random bits from the server.
     """
@@ -150,7 +150,7 @@ async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
         params[f"e{i}_id"], params[f"e{i}_type"] = row["id"], row["type"]
     return await d.execute_guarded(_deliveries_sql(len(rows)), params, guards=guards,
                                    writes=[*writes, *((events, row) for row in rows)],
-                                   last=last, tail=tail)
+                                   last=last, tails=tails)
 
 
 _INSERT_EVENT = ("INSERT INTO events (id, merchant_id, livemode, type, object_id, payload, created)"
