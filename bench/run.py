@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import peer_localstripe as peer
-from bench.loadgen import Auth, LoadResult, Workload, percentile, run_load
+from bench.loadgen import MAX_ERROR_SAMPLES, Auth, LoadResult, Workload, percentile, run_load
 from bench.prototype import create_schema_pg, pgbench_script
 from bench.report import Report, Row, machine_header
 from bench.servers import (
@@ -224,11 +224,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 # --- the suite -----------------------------------------------------------------------------------
 
 
-
-def _rate(res: LoadResult) -> float:
-    return res.throughput_per_s
-
-
 def _merge(phases: list[tuple[LoadResult, ProcSampler]]) -> tuple[LoadResult, ProcSampler]:
     """Several measured phases of one side as one: counts, time and CPU added up, percentiles
     over all their latencies."""
@@ -248,7 +243,7 @@ def _merge(phases: list[tuple[LoadResult, ProcSampler]]) -> tuple[LoadResult, Pr
         p50_ms=percentile(lat, 0.50) * 1000, p95_ms=percentile(lat, 0.95) * 1000,
         p99_ms=percentile(lat, 0.99) * 1000, max_ms=lat[-1] * 1000 if lat else 0.0,
         statuses=statuses,
-        error_samples=[e for r in results for e in r.error_samples][:10],
+        error_samples=[e for r in results for e in r.error_samples][:MAX_ERROR_SAMPLES],
         gen_processes=first.gen_processes, gen_cpu_s=gen_cpu,
         gen_cpu_us_per_req=gen_cpu / n * 1e6 if n else 0.0, concurrency=first.concurrency,
         rate_start_per_s=first.rate_start_per_s, rate_end_per_s=results[-1].rate_end_per_s,
@@ -258,6 +253,7 @@ def _merge(phases: list[tuple[LoadResult, ProcSampler]]) -> tuple[LoadResult, Pr
     sampler.cpu_s = sum(s.cpu_s for s in samplers)
     sampler.db_cpu_s = sum(s.db_cpu_s for s in samplers)
     return merged, sampler
+
 
 class Suite:
     def __init__(self, cfg: Config) -> None:
@@ -485,8 +481,8 @@ class Suite:
         finally:
             ref.stop()
             self.drop_db(ref.database_url)
-        pairs = [_rate(b[0]) / _rate(a[0]) if _rate(a[0]) > 0 else 0.0
-                 for a, b in zip(sides["empty"], sides["loaded"], strict=True)]
+        pairs = [b.throughput_per_s / a.throughput_per_s if a.throughput_per_s > 0 else 0.0
+                 for (a, _), (b, _) in zip(sides["empty"], sides["loaded"], strict=True)]
         loaded = (f"after {bulk['payments']:,} payments, {rounds} phases of {phase_s:g} s "
                   "alternating with an empty database")
         for scenario, side, rss, mode in (
@@ -496,7 +492,8 @@ class Suite:
             res, sampler = _merge(sides[side])
             row = self.add_load_row(scenario, backend, "openpse", "payments", res, sampler, rss,
                                     payments_loaded=bulk["payments"] if side == "loaded" else 0,
-                                    phases_per_s=[round(_rate(r), 1) for r, _ in sides[side]],
+                                    phases_per_s=[round(r.throughput_per_s, 1)
+                                                  for r, _ in sides[side]],
                                     paired_ratios=[round(x, 3) for x in pairs])
             row.mode += ", " + mode
         self.report.notes.append(
