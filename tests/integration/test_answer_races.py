@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from asyncpg.exceptions import InvalidTextRepresentationError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from openpse.connectors.base import ConnectorResult, Outcome
 from openpse.services import payments as svc_payments
@@ -200,4 +200,45 @@ async def test_a_payment_changed_after_the_unlocked_read_is_answered_under_the_l
         assert isinstance(missed[0].__cause__, InvalidTextRepresentationError)
         assert out["version"] == version_before + 2  # theirs, then the answer
         assert out["description"].startswith("changed ")  # applied to their row, not ours
+    await _posted_once(services, shop, [(payment_id, attempt_id)])
+
+
+async def _waiting_on_a_lock(services: Any) -> bool:
+    async with services.db.read() as conn:
+        n = (await conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"))).scalar_one()
+    return bool(n)
+
+
+async def test_the_lone_answer_takes_the_payment_before_its_attempt_as_the_locked_path_does(
+        services: Any, shop: Caller, monkeypatch: Any) -> None:
+    """Another transaction holds the payment's row lock (as the locked path's answer does:
+    the payment first, then its attempt) while the answer's lone statement runs; then it
+    updates the attempt and the payment and commits. Had the statement taken the attempt's row
+    first, the two would wait for each other until PostgreSQL aborted one (a deadlock: this
+    request would fail). Taken in the same order, the statement waits for the payment, misses
+    its version and the answer is applied under the lock."""
+    ((payment_id, attempt_id),) = await _processing(services, shop, monkeypatch, 1)
+    async with services.db.read() as conn:
+        version_before = (await conn.execute(select(payments.c.version).where(
+            payments.c.id == payment_id))).scalar_one()
+    async with services.db.transaction() as other:
+        await other.execute(select(payments.c.id).where(payments.c.id == payment_id)
+                            .with_for_update())
+        answer = asyncio.create_task(_apply(services, shop, payment_id, attempt_id))
+        for _ in range(250):  # until the answer waits (for the payment's row, or SQLite's lock)
+            await asyncio.sleep(0.02)
+            if services.db.is_sqlite or await _waiting_on_a_lock(services):
+                break
+        else:
+            raise AssertionError("the answer never waited for the payment's lock")
+        assert not answer.done()
+        await other.execute(update(payment_attempts).where(payment_attempts.c.id == attempt_id)
+                            .values(updated=payment_attempts.c.updated + 1))
+        await other.execute(update(payments).where(payments.c.id == payment_id)
+                            .values(version=payments.c.version + 1, description="theirs"))
+    out = await asyncio.wait_for(answer, 30)
+    assert out["status"] == "succeeded"
+    assert out["version"] == version_before + 2 and out["description"] == "theirs"
     await _posted_once(services, shop, [(payment_id, attempt_id)])

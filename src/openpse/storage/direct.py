@@ -406,7 +406,9 @@ class Direct:
         still deferred (``defer``) and there are no guards to check, the deferred first write
         rides in this statement, which commits by itself. With no first write
         (``can_run_alone``) the statement runs alone with its guards, which it checks itself:
-        it fails, writing nothing, if one missed (``GuardMissed``), and ``tails`` (statements
+        it fails, writing nothing, if one missed (``GuardMissed``); it updates (and locks) the
+        guards' rows in the order given, so give them in the order other writers lock them; and
+        ``tails`` (statements
         with an ``{ok}`` condition, and their parameters) run in it after the guards' updates,
         only when they all hit: what was to run before the commit (``db.take_before_commit``)."""
         if last and self.can_run_alone and not sql.startswith("WITH"):
