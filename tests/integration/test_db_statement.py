@@ -306,3 +306,68 @@ async def test_before_commit_work_goes_into_the_last_write_only_when_all_of_it_c
         taken = take_before_commit(tx)
         assert taken is not None and [sql for sql, _ in taken] == [form_for(refs[2])(tx)[0]]
     assert await _count(services, refs[2]) == 0  # taken off the commit: its caller runs it
+
+
+async def test_rollback_hooks_run_when_the_unit_does_not_commit_and_only_then(
+        services: Any) -> None:
+    """``db.on_rollback``: called for a unit that raised, or whose lone statement missed a
+    guard (PostgreSQL); not for one that committed, nor carried into the connection's next
+    unit."""
+    from openpse.storage.db import on_rollback
+    from openpse.storage.direct import GuardMissed
+
+    calls: list[str] = []
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(simulator_operations, _op(f"rb-{uuid.uuid4().hex}"))
+        on_rollback(tx, lambda: calls.append("committed"))
+    assert calls == []
+    async with services.db.transaction() as tx:  # the same writer: no hook left over
+        await direct(tx).insert(simulator_operations, _op(f"rb-{uuid.uuid4().hex}"))
+    assert calls == []
+    ref = f"rb-{uuid.uuid4().hex}"
+    with pytest.raises(IntegrityError):
+        async with services.db.transaction() as tx:
+            on_rollback(tx, lambda: calls.append("failed"))
+            await direct(tx).insert(simulator_operations, _op(ref))
+            await direct(tx).insert(simulator_operations, _op(ref))
+    assert calls == ["failed"] and await _count(services, ref) == 0
+    if services.db.is_sqlite:  # no lone statement
+        return
+    missed = (simulator_operations, {"amount": 300}, {"reference": ref, "amount": 100})
+    with pytest.raises(GuardMissed):  # no such row: the guard misses, nothing is written
+        async with services.db.transaction(alone=True) as tx:
+            on_rollback(tx, lambda: calls.append("missed"))
+            await direct(tx).execute_guarded(_MAIN, _main(f"rb-{uuid.uuid4().hex}"),
+                                             guards=[missed], last=True)
+    assert calls == ["failed", "missed"]
+
+
+async def test_an_answer_stored_in_a_unit_that_rolled_back_is_not_taken_as_stored(
+        services: Any) -> None:
+    """``IdempotencyStore.store_in`` tells the claim its answer is stored; when that unit does
+    not commit the claim goes back to what it said before (the pipeline then stores what it
+    sends instead of taking it as stored)."""
+    from openpse.api.idempotency import Claimed, IdempotencyStore
+    from tests.conftest import new_merchant
+
+    kit = await new_merchant(services, "http://127.0.0.1:9")
+    store = IdempotencyStore(services.db, services.secrets, lock_timeout_s=60)
+    got = await store.begin(merchant_id=kit.merchant_id, livemode=False, key=uuid.uuid4().hex,
+                            method="POST", path="/v1/payments", req_hash="h",
+                            now=services.now())
+    assert isinstance(got, Claimed) and got.stored is None
+    headers = {"content-type": "application/json"}
+    async with services.db.transaction() as tx:
+        await store.store_in(tx, got, status=200, headers=headers, body=b'{"a":1}')
+    first = got.stored
+    assert first is not None and first[2] == b'{"a":1}'
+
+    class _Boom(Exception):
+        pass
+
+    with pytest.raises(_Boom):
+        async with services.db.transaction() as tx:
+            await store.store_in(tx, got, status=201, headers=headers, body=b'{"a":2}')
+            assert got.stored is not None and got.stored[2] == b'{"a":2}'
+            raise _Boom
+    assert got.stored == first  # the committed answer, not the one rolled back

@@ -28,7 +28,7 @@ from openpse.api.auth import replayed_nonce
 from openpse.api.nonces import PendingNonce
 from openpse.crypto import SecretBox
 from openpse.domain.errors import IdempotencyFailure, InvalidRequest
-from openpse.storage.db import Database, Tx
+from openpse.storage.db import Database, Tx, on_rollback
 from openpse.storage.direct import direct
 from openpse.storage.tables import idempotency_keys
 
@@ -335,7 +335,11 @@ class IdempotencyStore:
             return
         kept = kept_headers(headers)
         await self._store(tx, claim.record_id, status, kept, body, writes)
-        claim.stored = (status, kept, body)
+        before, claim.stored = claim.stored, (status, kept, body)
+
+        def not_stored() -> None:  # the request may go on and answer otherwise
+            claim.stored = before
+        on_rollback(tx, not_stored)
 
     async def insert_completed(
         self, claim: DeferredClaim, *, status: int, headers: dict[str, str], body: bytes

@@ -73,13 +73,6 @@ class Caller:
         records = getattr(self.idempotency_ref, "records_resource", None)
         return records is not None and bool(records(resource_id))
 
-    def answer_not_stored(self) -> None:
-        """The transaction that stored the request's answer (``respond``) did not commit, and
-        the request goes on: its claim must not take that answer as stored (the pipeline
-        stores what it sends when it differs from what the claim says is stored)."""
-        if getattr(self.idempotency_ref, "stored", None) is not None:
-            self.idempotency_ref.stored = None
-
     def key_record_id(self) -> int | None:
         """The id of this request's idempotency key row, once it exists."""
         if self.idempotency_ref is None:

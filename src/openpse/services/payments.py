@@ -678,8 +678,6 @@ async def apply_result(
                                          result, now, respond_status)
         except GuardMissed:  # changed since we read it: nothing was written; lock and redo
             done = None
-            if caller is not None:
-                caller.answer_not_stored()
         if done is not None:
             return done
     async with svc.db.transaction() as tx:

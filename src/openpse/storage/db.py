@@ -30,7 +30,7 @@ from openpse.storage.direct import Foldable, direct
 from openpse.storage.inline_sqlite import inline_creator
 from openpse.storage.sqlite_lock import WriterFileLock, lock_path_for
 
-__all__ = ["Database", "FirstWrite", "Tx", "before_commit", "first_write"]
+__all__ = ["Database", "FirstWrite", "Tx", "before_commit", "first_write", "on_rollback"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_READERS = 4
@@ -46,6 +46,9 @@ TX_SCOPED_INFO = "openpse_tx"
 # In TX_SCOPED_INFO: coroutines ``hook(conn)`` run last, just before the commit (the ledger
 # applies balance changes there, so hot account rows stay locked only for the commit).
 BEFORE_COMMIT = "before_commit"
+# In TX_SCOPED_INFO: plain callables ``hook()`` run when the unit does not commit (or its
+# commit's outcome is unknown): to take back what the caller believed written.
+ON_ROLLBACK = "on_rollback"
 
 
 class FirstWrite(Protocol):
@@ -96,6 +99,13 @@ def before_commit(conn: AsyncConnection, hook: Callable[[AsyncConnection], Await
     scoped = conn.info.setdefault(TX_SCOPED_INFO, {})
     scoped.setdefault(BEFORE_COMMIT, []).append(hook)
     scoped.setdefault(_AS_STATEMENT, []).append(as_statement)
+
+
+def on_rollback(conn: AsyncConnection, hook: Callable[[], None]) -> None:
+    """Call ``hook`` if ``conn``'s current write transaction does not commit: an error in it,
+    a lone statement that failed (``GuardMissed``), or a commit whose outcome is unknown. For
+    state kept outside the database that describes what the transaction wrote."""
+    conn.info.setdefault(TX_SCOPED_INFO, {}).setdefault(ON_ROLLBACK, []).append(hook)
 
 
 def take_before_commit(conn: AsyncConnection) -> list[GatedStatement] | None:
@@ -244,6 +254,8 @@ class Database:
                     first.committed()
                     first = None
             except BaseException:
+                for undo in conn.info.get(TX_SCOPED_INFO, {}).get(ON_ROLLBACK, ()):
+                    undo()
                 with contextlib.suppress(Exception):
                     if committing:  # unknown state: the connection is not reused
                         await conn.invalidate()
