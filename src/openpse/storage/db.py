@@ -224,8 +224,11 @@ class Database:
                 first = None
             d = direct(conn)
             committing = False
+            # A new scope per unit, held here: conn.info may be out of reach once the
+            # connection failed.
+            scoped: dict[str, Any] = {}
+            conn.info[TX_SCOPED_INFO] = scoped
             try:
-                conn.info.pop(TX_SCOPED_INFO, None)
                 if first is not None and not self.is_sqlite and hasattr(first, "fold"):
                     # BEGIN and the claim wait for the unit's first statement; if that is its
                     # last write, they ride in it (Direct.defer): one round trip.
@@ -243,7 +246,7 @@ class Database:
                 yield conn
                 if d.deferred:  # nothing ran directly: BEGIN and the claim now
                     await d.begin_deferred()
-                for hook in conn.info.get(TX_SCOPED_INFO, {}).get(BEFORE_COMMIT, ()):
+                for hook in scoped.get(BEFORE_COMMIT, ()):
                     await hook(conn)
                 committing = True
                 if conn.in_transaction():  # SQLAlchemy's bookkeeping too: its commit ends both
@@ -254,7 +257,7 @@ class Database:
                     first.committed()
                     first = None
             except BaseException:
-                for undo in conn.info.get(TX_SCOPED_INFO, {}).get(ON_ROLLBACK, ()):
+                for undo in scoped.get(ON_ROLLBACK, ()):
                     undo()
                 with contextlib.suppress(Exception):
                     if committing:  # unknown state: the connection is not reused
