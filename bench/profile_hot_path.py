@@ -95,9 +95,24 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
                 raise SystemExit(f"unexpected {r.status_code}: {r.text}")
             pay_id[0] = r.json()["id"]
 
+        refundable: list[str] = []
+
+        async def refund(i: int) -> None:  # 1 of a payment made before the measurement
+            body = encode({"payment": refundable[i % len(refundable)], "amount": 1})
+            headers = sign_headers("POST", BASE + "/v1/refunds", body, key, secret)
+            headers["Content-Type"] = "application/json"
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+            r = await client.post("/v1/refunds", content=body, headers=headers)
+            if r.status_code != 201:
+                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+
         for i in range(a.warmup):
             await one(10**6 + i)
-        run = {"create": one, "get": get, "healthz": healthz}[a.scenario]
+        if a.scenario == "refund":
+            for i in range(a.warmup + a.n):
+                await one(2 * 10**6 + i)
+                refundable.append(pay_id[0])
+        run = {"create": one, "get": get, "healthz": healthz, "refund": refund}[a.scenario]
         for i in range(a.warmup):
             await run(10**6 + i)
         statements[0] = 0
@@ -155,8 +170,10 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", required=True)
     ap.add_argument("-n", type=int, default=500)
-    ap.add_argument("--scenario", choices=["create", "get", "healthz"], default="create",
-                    help="create+confirm (default), a signed GET of one payment, or /healthz")
+    ap.add_argument("--scenario", choices=["create", "get", "healthz", "refund"],
+                    default="create",
+                    help="create+confirm (default), a signed GET of one payment, /healthz, or "
+                         "a refund of 1 of a payment made before (one payment each)")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--profile", choices=["none", "cprofile", "pyinstrument"], default="none")
     ap.add_argument("--sort", default="tottime")
