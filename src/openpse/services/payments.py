@@ -736,10 +736,7 @@ async def _apply_to(svc: Services, tx: Tx, caller: Caller | None, row: dict[str,
     if (respond_status is not None and caller is not None and caller.respond is not None
             and new["status"] != Status.FAILED):
         await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)), held.writes)
-    if (g := held.guard_for(payments, row["id"])) is not None:
-        # The payment's row before its attempt's, the order the locked path locks them in
-        # (a lone statement updates its guards in order): else the two could deadlock.
-        held.guards.insert(0, held.guards.pop(g))
+    held.guard_first(payments, row["id"])  # the locked path's order: payment, then attempt
     await flush(tx, held, last=last)
     return new
 

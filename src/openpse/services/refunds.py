@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import insert, select
 
 from openpse.connectors.base import ConnectorResult, Outcome
@@ -24,7 +25,7 @@ from openpse.domain.errors import Conflict, InvalidRequest
 from openpse.domain.ids import new_id
 from openpse.domain.money import parse_amount
 from openpse.domain.payments import Status
-from openpse.services.clock import merchant_now, offset_sql
+from openpse.services.clock import offset_sql
 from openpse.services.context import Caller, Services
 from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.payments import (
@@ -35,9 +36,9 @@ from openpse.services.payments import (
 )
 from openpse.services.views import payment_view, refund_view
 from openpse.storage.db import Tx
-from openpse.storage.direct import Write, direct, prefixed, unprefixed
+from openpse.storage.direct import GuardMissed, Write, direct, prefixed, unprefixed
 from openpse.storage.ledger import post_journal
-from openpse.storage.repos import load_scoped, missing, update_versioned
+from openpse.storage.repos import in_scope, load_scoped, missing, update_versioned
 from openpse.storage.rows import apply_page, page_result, row_dict
 from openpse.storage.tables import merchants, payment_attempts, payments, refunds
 
@@ -63,23 +64,25 @@ async def create_refund(svc: Services, caller: Caller, payment_id: str, amount: 
         raise InvalidRequest(f"source must be one of {', '.join(REFUND_SOURCES)}", param="source")
     md = validate_metadata(metadata)
     now = svc.now()
+    refund_id = new_id("re_")
+    # A request's claim written in the transaction below (the route's claim is deferred into
+    # it) records the refund at once: a retry after a crash resumes it.
+    caller.plan_resource(refund_id)
     async with svc.db.transaction() as tx:
-        pay = await load_scoped(tx, payments, payment_id, merchant_id=caller.merchant_id,
-                                livemode=caller.livemode, lock=True, what="payment",
-                                param="payment")
+        pay, clock = await _lock_payment(tx, caller, payment_id, now)
         method = pay["payment_method_type"] or "card"
         if method != "card":
             return await _create_bank_refund(svc, tx, caller, pay, amount, reason, md,
-                                             destination, source or "payment", now)
+                                             destination, source or "payment", now,
+                                             refund_id, clock)
         if destination is not None:
             raise InvalidRequest("card refunds go back to the card: send no destination",
                                  param="destination")
         if source == "overpayment":
             raise InvalidRequest("only bank transfers can be over-paid", param="source")
-        clock = await merchant_now(svc, tx, pay["merchant_id"], bool(pay["livemode"]))
         amt = _check_refundable(pay, amount, clock)
         refund = {
-            "id": new_id("re_"), "merchant_id": caller.merchant_id, "livemode": caller.livemode,
+            "id": refund_id, "merchant_id": caller.merchant_id, "livemode": caller.livemode,
             "payment_id": payment_id, "amount": amt, "currency": pay["currency"],
             "status": "pending", "reason": reason, "metadata": md, "failure_code": None,
             "failure_message": None, "destination": None, "source": "payment",
@@ -102,16 +105,34 @@ async def create_refund(svc: Services, caller: Caller, payment_id: str, amount: 
         held.writes.append((payment_attempts, attempt))
         await _recovery_point(tx, caller, refund["id"])
         await flush(tx, held)
-    return await _execute(svc, caller, refund, pay, str(attempt["id"]))
+    return await _execute(svc, caller, refund, pay, str(attempt["id"]), respond_status=201)
+
+
+async def _lock_payment(tx: Tx, caller: Caller, payment_id: str, now: int
+                        ) -> tuple[dict[str, Any], int]:
+    """The payment, locked (PostgreSQL; SQLite's single writer serialises), and the
+    merchant's clock (``services.clock.merchant_now``): one statement."""
+    d = direct(tx)
+    sql = _LOCK_PAYMENT if d.is_sqlite else _LOCK_PAYMENT + " FOR UPDATE OF p"
+    row = await d.fetchone(sql, {"id": payment_id}, table=payments)
+    if row is None or not in_scope(row, caller.merchant_id, caller.livemode):
+        raise missing("payment", payment_id, "payment")
+    offset = int(row.pop("clock_offset_s") or 0)
+    return row, now + (0 if row["livemode"] else offset)
+
+
+# The payment by its key alone (``storage.repos.in_scope`` says why) and its merchant's
+# sandbox clock.
+_LOCK_PAYMENT = ("SELECT p.*, m.sandbox_clock_offset_s AS clock_offset_s FROM payments p "
+                 "JOIN merchants m ON m.id = p.merchant_id WHERE p.id = :id")
 
 
 async def _create_bank_refund(svc: Services, tx: Tx, caller: Caller, pay: dict[str, Any],
                               amount: Any, reason: str | None, md: dict[str, str],
-                              destination: Any, source: str, now: int) -> dict[str, Any]:
+                              destination: Any, source: str, now: int, refund_id: str,
+                              clock: int) -> dict[str, Any]:
     """A refund paid by bank transfer: booked now, ``pending`` until the payout."""
     m, cur, lm = pay["merchant_id"], pay["currency"], bool(pay["livemode"])
-    clock = await merchant_now(svc, tx, m, lm)
-    refund_id = new_id("re_")
     if source == "overpayment":
         amt = _check_overpayment_refundable(pay, amount)
     else:
@@ -201,30 +222,73 @@ def _check_refundable(pay: dict[str, Any], amount: Any, now: int) -> int:
 
 
 async def _execute(svc: Services, caller: Caller | None, refund: dict[str, Any],
-                   pay: dict[str, Any], attempt_id: str) -> dict[str, Any]:
+                   pay: dict[str, Any], attempt_id: str, *, respond_status: int | None = None
+                   ) -> dict[str, Any]:
     connector = svc.connectors[pay["connector"] or DEFAULT_CONNECTOR]
     try:
         result = await connector.refund(attempt_id, pay["connector_reference"] or "",
                                         refund["amount"], refund["currency"])
     except Exception as exc:
         result = ConnectorResult(Outcome.PENDING, message=f"connector error: {type(exc).__name__}")
-    return await apply_refund_result(svc, caller, refund["id"], attempt_id, result)
+    return await apply_refund_result(svc, caller, refund["id"], attempt_id, result,
+                                     respond_status=respond_status)
 
 
 async def apply_refund_result(svc: Services, caller: Caller | None, refund_id: str,
-                              attempt_id: str, result: ConnectorResult) -> dict[str, Any]:
+                              attempt_id: str, result: ConnectorResult, *,
+                              respond_status: int | None = None) -> dict[str, Any]:
+    """Apply the acquirer's answer to a refund in one transaction. With ``respond_status``,
+    the request's answer (the refund) is stored with its idempotency key in it
+    (``Caller.respond``)."""
     now = svc.now()
+    if not svc.db.is_sqlite and result.outcome != Outcome.PENDING:
+        try:
+            done = await _apply_unlocked(svc, caller, refund_id, attempt_id, result, now,
+                                         respond_status)
+        except GuardMissed:  # changed since we read it: nothing was written; lock and redo
+            done = None
+        if done is not None:
+            return done
     async with svc.db.transaction() as tx:
         ref, attempt_status, pay = await _lock_for_answer(tx, refund_id, attempt_id)
         if result.outcome == Outcome.PENDING or ref["status"] != "pending" or (
                 attempt_status not in (None, "pending")):
             return refund_view(ref)
-        ok = result.outcome == Outcome.SUCCEEDED
-        finished = (payment_attempts, {
-            "status": "succeeded" if ok else "failed", "updated": now,
-            "connector_reference": result.connector_reference,
-            "error_code": result.decline_code}, {"id": attempt_id})
-        return await _finish(tx, caller, ref, pay, ok, result, now, writes=[finished])
+        return await _finish(tx, caller, ref, pay, result, now,
+                             writes=[_finished_attempt(attempt_id, result, now)],
+                             respond_status=respond_status)
+
+
+async def _apply_unlocked(svc: Services, caller: Caller | None, refund_id: str, attempt_id: str,
+                          result: ConnectorResult, now: int, respond_status: int | None
+                          ) -> dict[str, Any] | None:
+    """PostgreSQL, the common case (a refund ``pending`` with its attempt pending), as
+    ``payments._apply_unlocked`` does for payments: read without a lock, then the whole answer
+    as one statement that commits by itself, its balances included, with the payment's and the
+    refund's updates checked against the versions read and the attempt's against
+    ``pending``. ``GuardMissed`` (nothing written) when one changed in between; None when the
+    case is not the common one (the locked path decides)."""
+    async with svc.db.read() as conn:
+        row = await direct(conn).fetchone(_FOR_ANSWER, {"id": refund_id, "att": attempt_id})
+    if row is None or row["a_status"] != "pending":
+        return None
+    ref, pay = _answer_rows(row)
+    if ref["status"] != "pending":
+        return None
+    table, values, where = _finished_attempt(attempt_id, result, now)
+    guard: Write = (table, values, {**where, "status": "pending"})
+    async with svc.db.transaction(alone=True) as tx:
+        return await _finish(tx, caller, ref, pay, result, now, guards=[guard],
+                             respond_status=respond_status, last=True)
+
+
+def _finished_attempt(attempt_id: str, result: ConnectorResult, now: int
+                      ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The refund attempt's update for the acquirer's answer (a ``Direct`` write)."""
+    return (payment_attempts, {
+        "status": "succeeded" if result.outcome == Outcome.SUCCEEDED else "failed",
+        "updated": now, "connector_reference": result.connector_reference,
+        "error_code": result.decline_code}, {"id": attempt_id})
 
 
 async def _lock_for_answer(tx: Tx, refund_id: str, attempt_id: str
@@ -236,9 +300,14 @@ async def _lock_for_answer(tx: Tx, refund_id: str, attempt_id: str
     row = await d.fetchone(sql, {"id": refund_id, "att": attempt_id})
     if row is None:
         raise missing("refund", refund_id)
-    ref = unprefixed(row, "r", _REFUND_COLUMNS, refunds)
-    pay = unprefixed(row, "p", _PAYMENT_COLUMNS, payments)
+    ref, pay = _answer_rows(row)
     return ref, row["a_status"], pay
+
+
+def _answer_rows(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The refund and its payment out of a ``_FOR_ANSWER`` row."""
+    return (unprefixed(row, "r", _REFUND_COLUMNS, refunds),
+            unprefixed(row, "p", _PAYMENT_COLUMNS, payments))
 
 
 _REFUND_COLUMNS = tuple(c.name for c in refunds.columns)
@@ -254,14 +323,17 @@ _FOR_ANSWER = (
 
 
 async def _finish(tx: Tx, caller: Caller | None, ref: dict[str, Any], pay: dict[str, Any],
-                  ok: bool, result: ConnectorResult, now: int, *, writes: list[Write]
-                  ) -> dict[str, Any]:
-    """The answer's changes (``pay`` is the refund's payment, locked); ``writes`` go with
-    them."""
+                  result: ConnectorResult, now: int, *, writes: list[Write] | None = None,
+                  guards: list[Write] | None = None, respond_status: int | None = None,
+                  last: bool = False) -> dict[str, Any]:
+    """The answer's changes (``pay`` is the refund's payment, locked or read at a version
+    its guard checks); ``writes`` and ``guards`` go with them; ``last``: the unit's last write
+    (``flush``)."""
     m, cur, lm = ref["merchant_id"], ref["currency"], bool(ref["livemode"])
+    ok = result.outcome == Outcome.SUCCEEDED
     # The journal, both rows' version-checked updates and the events are held and made
     # together with ``writes``: one statement on PostgreSQL.
-    held = Held(keep=True, writes=list(writes))
+    held = Held(keep=True, writes=list(writes or ()), guards=list(guards or ()))
     before_ref = refund_view(ref)
     if ok:
         await post_journal(tx, merchant_id=m, livemode=lm, kind="refund", reference_id=ref["id"],
@@ -285,7 +357,10 @@ async def _finish(tx: Tx, caller: Caller | None, ref: dict[str, Any], pay: dict[
     after = refund_view(new)
     await record_event(tx, caller=caller, merchant_id=m, livemode=lm, type=etype, obj=after,
                        previous=changed_fields(before_ref, after), now=now, held=held)
-    await flush(tx, held)
+    if respond_status is not None and caller is not None and caller.respond is not None:
+        await caller.respond(tx, respond_status, orjson.dumps(after), held.writes)
+    held.guard_first(payments, pay["id"])  # the locked path's order: the payment first
+    await flush(tx, held, last=last)
     return after
 
 
