@@ -106,13 +106,26 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
             if r.status_code != 201:
                 raise SystemExit(f"unexpected {r.status_code}: {r.text}")
 
+        async def checkout(i: int) -> None:
+            body = encode({"amount": 1000 + i % 500, "currency": "JPY",
+                           "merchant_order_id": f"cs-{i}", "payment_method_types": ["card"],
+                           "success_url": "https://shop.example/ok",
+                           "cancel_url": "https://shop.example/cancel"})
+            headers = sign_headers("POST", BASE + "/v1/checkout/sessions", body, key, secret)
+            headers["Content-Type"] = "application/json"
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+            r = await client.post("/v1/checkout/sessions", content=body, headers=headers)
+            if r.status_code != 201:
+                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+
         for i in range(a.warmup):
             await one(10**6 + i)
         if a.scenario == "refund":
             for i in range(a.warmup + a.n):
                 await one(2 * 10**6 + i)
                 refundable.append(pay_id[0])
-        run = {"create": one, "get": get, "healthz": healthz, "refund": refund}[a.scenario]
+        run = {"create": one, "get": get, "healthz": healthz, "refund": refund,
+               "checkout": checkout}[a.scenario]
         for i in range(a.warmup):
             await run(10**6 + i)
         statements[0] = 0
@@ -170,10 +183,11 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", required=True)
     ap.add_argument("-n", type=int, default=500)
-    ap.add_argument("--scenario", choices=["create", "get", "healthz", "refund"],
+    ap.add_argument("--scenario", choices=["create", "get", "healthz", "refund", "checkout"],
                     default="create",
-                    help="create+confirm (default), a signed GET of one payment, /healthz, or "
-                         "a refund of 1 of a payment made before (one payment each)")
+                    help="create+confirm (default), a signed GET of one payment, /healthz, "
+                         "a refund of 1 of a payment made before (one payment each), or a "
+                         "checkout session's creation")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--profile", choices=["none", "cprofile", "pyinstrument"], default="none")
     ap.add_argument("--sort", default="tottime")
