@@ -507,3 +507,58 @@ def _submit_expired(page_url: str) -> httpx.Response:
     token = parse_qs(parts.query)["token"][0]
     return httpx.post(f"{parts.scheme}://{parts.netloc}{parts.path}",
                       data={"token": token, "nonce": "x", **_card(VISA)})
+
+
+def test_a_session_retried_with_its_key_replays_and_is_made_once(merchant) -> None:
+    """The route's claim is written in the session's own transaction: the same key replays
+    the same bytes (a success and a refusal alike) and one session exists."""
+    import uuid
+
+    raw = merchant.raw()
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    body = _body(merchant_order_id="ord-cs-replay")
+    first = raw.post("/v1/checkout/sessions", body, headers=key)
+    assert first.status_code == 201, first.text
+    again = raw.post("/v1/checkout/sessions", body, headers=key)
+    assert again.status_code == 201 and again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    bad_key = {"Idempotency-Key": str(uuid.uuid4())}
+    refused = raw.post("/v1/checkout/sessions", _body(currency="XXX"), headers=bad_key)
+    assert refused.status_code == 400
+    refused_again = raw.post("/v1/checkout/sessions", _body(currency="XXX"), headers=bad_key)
+    assert refused_again.content == refused.content
+    assert refused_again.headers["idempotent-replayed"] == "true"
+    listed = raw.get("/v1/checkout/sessions").json()["data"]
+    assert [s["id"] for s in listed] == [first.json()["id"]]
+
+
+async def test_a_sessions_answer_is_stored_with_its_key_in_its_transaction(services) -> None:
+    """A process that dies after the session committed, before sending its 201, leaves a key
+    that replays that 201 (and records the session for a resumed retry)."""
+    import uuid
+
+    import orjson
+
+    from openpse.api.errors import JSON_CONTENT_TYPE
+    from openpse.api.idempotency import Claimed, IdempotencyStore, Replay
+    from openpse.services import checkout as svc_checkout
+    from openpse.services.context import Caller
+
+    kit = await new_merchant(services, "http://127.0.0.1:9")
+    store = IdempotencyStore(services.db, services.secrets, lock_timeout_s=60)
+    key, now = f"cs-{uuid.uuid4().hex}", services.now()
+    got = await store.begin(merchant_id=kit.merchant_id, livemode=False, key=key,
+                            method="POST", path="/v1/checkout/sessions", req_hash="h", now=now)
+    assert isinstance(got, Claimed)
+
+    async def respond(tx: Any, status: int, body: bytes, writes: Any = None) -> None:
+        await store.store_in(tx, got, status=status, headers={"content-type": JSON_CONTENT_TYPE},
+                             body=body, writes=writes)
+    caller = Caller(kit.merchant_id, False, idempotency_ref=got, respond=respond)
+    view = await svc_checkout.create_session(services, caller, _body())
+    assert got.stored == (201, {"content-type": JSON_CONTENT_TYPE}, orjson.dumps(view))
+    replay = await store.begin(merchant_id=kit.merchant_id, livemode=False, key=key,
+                               method="POST", path="/v1/checkout/sessions", req_hash="h",
+                               now=now)
+    assert isinstance(replay, Replay) and (replay.status, replay.body) == (
+        201, orjson.dumps(view))

@@ -49,7 +49,7 @@ UNMATCHED_ROUTE = "*"  # metric label of paths no route matched: labels stay a b
 NUL = "\x00"
 # POST routes whose first step is a write transaction, with nothing sent out of the process
 # before it: their idempotency claim is written inside that transaction (DeferredClaim).
-DEFERRED_CLAIM_PATHS = frozenset({"/v1/payments", "/v1/refunds"})
+DEFERRED_CLAIM_PATHS = frozenset({"/v1/payments", "/v1/refunds", "/v1/checkout/sessions"})
 log = get_logger("openpse.api")
 
 

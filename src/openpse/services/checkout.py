@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from sqlalchemy import and_, insert, select, update
 
 from openpse.domain import local_methods as local_rules
@@ -46,11 +47,11 @@ from openpse.services.clock import merchant_now, offset_sql
 from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.storage.db import Tx
+from openpse.storage.direct import direct
 from openpse.storage.repos import load_scoped, update_versioned
 from openpse.storage.rows import apply_page, page_result, rfc3339, row_dict
 from openpse.storage.tables import (
     checkout_sessions,
-    idempotency_keys,
     merchants,
     payments,
     review_items,
@@ -224,17 +225,19 @@ async def create_session(svc: Services, caller: Caller, p: dict[str, Any]) -> di
     }
     expires_in_s = _expires_in(p.get("expires_in_seconds"))
     now = svc.now()
+    # The request's claim, written in this transaction (the route's claim is deferred into
+    # it), records the session at once: a retry after a crash finds it.
+    caller.plan_resource(session_id)
     async with svc.db.transaction() as tx:
         clock = await merchant_now(svc, tx, caller.merchant_id, caller.livemode)
         row.update(page_token=svc.page_token(session_id), expires_at=clock + expires_in_s,
                    created=now, updated=now)
-        await tx.execute(insert(checkout_sessions).values(**row))
-        record_id = caller.key_record_id()
-        if record_id is not None:  # recovery point for a crashed retry
-            await tx.execute(update(idempotency_keys)
-                             .where(idempotency_keys.c.id == record_id)
-                             .values(resource_id=row["id"]))
-    return _view(svc, caller, row)
+        await direct(tx).insert(checkout_sessions, row)
+        await svc_payments._recovery_point(tx, caller, session_id)  # if not recorded yet
+        view = _view(svc, caller, row)
+        if caller.respond is not None:  # the answer commits with the session
+            await caller.respond(tx, 201, orjson.dumps(view), None)
+    return view
 
 
 async def get_session(svc: Services, caller: Caller, session_id: str) -> dict[str, Any]:
