@@ -85,38 +85,30 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
             if r.status_code != 200:
                 raise SystemExit(f"unexpected {r.status_code}: {r.text}")
 
-        async def one(i: int) -> None:
-            body = _body(i)
-            headers = sign_headers("POST", BASE + "/v1/payments", body, key, secret)
+        async def post(path: str, body: bytes) -> Any:
+            """A signed POST with a new Idempotency-Key that must answer 201; its JSON."""
+            headers = sign_headers("POST", BASE + path, body, key, secret)
             headers["Content-Type"] = "application/json"
             headers["Idempotency-Key"] = uuid.uuid4().hex
-            r = await client.post("/v1/payments", content=body, headers=headers)
+            r = await client.post(path, content=body, headers=headers)
             if r.status_code != 201:
                 raise SystemExit(f"unexpected {r.status_code}: {r.text}")
-            pay_id[0] = r.json()["id"]
+            return r.json()
+
+        async def one(i: int) -> None:
+            pay_id[0] = (await post("/v1/payments", _body(i)))["id"]
 
         refundable: list[str] = []
 
         async def refund(i: int) -> None:  # 1 of a payment made before the measurement
-            body = encode({"payment": refundable[i % len(refundable)], "amount": 1})
-            headers = sign_headers("POST", BASE + "/v1/refunds", body, key, secret)
-            headers["Content-Type"] = "application/json"
-            headers["Idempotency-Key"] = uuid.uuid4().hex
-            r = await client.post("/v1/refunds", content=body, headers=headers)
-            if r.status_code != 201:
-                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+            await post("/v1/refunds", encode({"payment": refundable[i % len(refundable)],
+                                              "amount": 1}))
 
         async def checkout(i: int) -> None:
-            body = encode({"amount": 1000 + i % 500, "currency": "JPY",
-                           "merchant_order_id": f"cs-{i}", "payment_method_types": ["card"],
-                           "success_url": "https://shop.example/ok",
-                           "cancel_url": "https://shop.example/cancel"})
-            headers = sign_headers("POST", BASE + "/v1/checkout/sessions", body, key, secret)
-            headers["Content-Type"] = "application/json"
-            headers["Idempotency-Key"] = uuid.uuid4().hex
-            r = await client.post("/v1/checkout/sessions", content=body, headers=headers)
-            if r.status_code != 201:
-                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+            await post("/v1/checkout/sessions", encode({
+                "amount": 1000 + i % 500, "currency": "JPY", "merchant_order_id": f"cs-{i}",
+                "payment_method_types": ["card"], "success_url": "https://shop.example/ok",
+                "cancel_url": "https://shop.example/cancel"}))
 
         for i in range(a.warmup):
             await one(10**6 + i)

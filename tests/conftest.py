@@ -148,3 +148,13 @@ async def new_merchant(
 @pytest.fixture
 async def merchant(services: Any, server: ServerProcess) -> MerchantKit:
     return await new_merchant(services, server.base_url)
+
+
+@pytest.fixture
+async def shop(services: Any) -> Any:
+    """An in-process caller (a sandbox merchant with no server): for calling services
+    directly."""
+    from openpse.services.context import Caller
+
+    kit = await new_merchant(services, "http://127.0.0.1:9")
+    return Caller(kit.merchant_id, False)

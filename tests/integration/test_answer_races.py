@@ -14,31 +14,22 @@ from typing import Any
 
 import pytest
 from asyncpg.exceptions import InvalidTextRepresentationError
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from openpse.connectors.base import ConnectorResult, Outcome
 from openpse.services import payments as svc_payments
 from openpse.services.context import Caller
 from openpse.storage.direct import GuardMissed
 from openpse.storage.tables import events, idempotency_keys, payment_attempts, payments
-from tests.conftest import new_merchant
+from tests.support.answers import answering_caller, until_it_waits_for_a_lock
 from tests.support.ledger import (
     VISA,
-    acquirer_charges_then_dies,
+    ProcessDied,
+    acquirer_acts_then_dies,
     journals_for,
     ledger_problems,
     merchant_balances,
 )
-
-
-class _Crash(BaseException):
-    """The process dying between the acquirer's answer and applying it."""
-
-
-@pytest.fixture
-async def shop(services: Any) -> Caller:
-    kit = await new_merchant(services, "http://127.0.0.1:9")
-    return Caller(kit.merchant_id, False)
 
 
 async def _processing(services: Any, shop: Caller, monkeypatch: Any, n: int
@@ -52,9 +43,9 @@ async def _processing(services: Any, shop: Caller, monkeypatch: Any, n: int
             "amount": 1000, "currency": "USD", "merchant_order_id": warm, "confirm": True,
             "capture_method": "automatic", "payment_method": {"type": "card"}},
             svc_payments.CardInput(VISA, 12, 2034, "123"))
-    acquirer_charges_then_dies(services, monkeypatch, _Crash)
+    acquirer_acts_then_dies(services, monkeypatch, ProcessDied)
     for i in range(n):
-        with pytest.raises(_Crash):
+        with pytest.raises(ProcessDied):
             await svc_payments.create_payment(services, shop, {
                 "amount": 1500 + i, "currency": "USD", "merchant_order_id": f"race-{i}",
                 "confirm": True, "capture_method": "automatic",
@@ -79,25 +70,6 @@ def _apply(services: Any, shop: Caller, payment_id: str, attempt_id: str,
         ConnectorResult(Outcome.CAPTURED, connector_reference=f"ch_{attempt_id}"),
         merchant_id=shop.merchant_id, livemode=False, respond_status=None if caller is None
         else 201)
-
-
-async def _answering_caller(services: Any, shop: Caller, key: str) -> tuple[Caller, Any]:
-    """A request's caller whose answer is stored with its Idempotency-Key (as the pipeline's
-    is), and the claim."""
-    from openpse.api.errors import JSON_CONTENT_TYPE
-    from openpse.api.idempotency import Claimed, IdempotencyStore
-
-    store = IdempotencyStore(services.db, services.secrets, lock_timeout_s=60)
-    got = await store.begin(merchant_id=shop.merchant_id, livemode=False, key=key,
-                            method="POST", path="/v1/payments", req_hash="h-" + key,
-                            now=services.now())
-    assert isinstance(got, Claimed)
-
-    async def respond(tx: Any, status: int, body: bytes, writes: Any = None) -> None:
-        await store.store_in(tx, got, status=status,
-                             headers={"content-type": JSON_CONTENT_TYPE}, body=body,
-                             writes=writes)
-    return Caller(shop.merchant_id, False, idempotency_ref=got, respond=respond), got
 
 
 async def _key_status(services: Any, record_id: int) -> str:
@@ -139,7 +111,8 @@ async def test_answers_racing_for_one_attempt_post_it_once(services: Any, shop: 
     pays = await _processing(services, shop, monkeypatch, 4)
     lost = []
     for payment_id, attempt_id in pays:
-        caller, got = await _answering_caller(services, shop, f"race-{uuid.uuid4().hex}")
+        caller, got, _ = await answering_caller(services, shop.merchant_id,
+                                                f"race-{uuid.uuid4().hex}", "/v1/payments")
         outs = await asyncio.gather(_apply(services, shop, payment_id, attempt_id),
                                     _apply(services, shop, payment_id, attempt_id),
                                     _apply(services, shop, payment_id, attempt_id, caller))
@@ -203,14 +176,6 @@ async def test_a_payment_changed_after_the_unlocked_read_is_answered_under_the_l
     await _posted_once(services, shop, [(payment_id, attempt_id)])
 
 
-async def _waiting_on_a_lock(services: Any) -> bool:
-    async with services.db.read() as conn:
-        n = (await conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'"))).scalar_one()
-    return bool(n)
-
-
 async def test_the_lone_answer_takes_the_payment_before_its_attempt_as_the_locked_path_does(
         services: Any, shop: Caller, monkeypatch: Any) -> None:
     """Another transaction holds the payment's row lock (as the locked path's answer does:
@@ -227,13 +192,7 @@ async def test_the_lone_answer_takes_the_payment_before_its_attempt_as_the_locke
         await other.execute(select(payments.c.id).where(payments.c.id == payment_id)
                             .with_for_update())
         answer = asyncio.create_task(_apply(services, shop, payment_id, attempt_id))
-        for _ in range(250):  # until the answer waits (for the payment's row, or SQLite's lock)
-            await asyncio.sleep(0.02)
-            if services.db.is_sqlite or await _waiting_on_a_lock(services):
-                break
-        else:
-            raise AssertionError("the answer never waited for the payment's lock")
-        assert not answer.done()
+        await until_it_waits_for_a_lock(services, answer)  # the payment's row, or SQLite's
         await other.execute(update(payment_attempts).where(payment_attempts.c.id == attempt_id)
                             .values(updated=payment_attempts.c.updated + 1))
         await other.execute(update(payments).where(payments.c.id == payment_id)

@@ -540,25 +540,18 @@ async def test_a_sessions_answer_is_stored_with_its_key_in_its_transaction(servi
     import orjson
 
     from openpse.api.errors import JSON_CONTENT_TYPE
-    from openpse.api.idempotency import Claimed, IdempotencyStore, Replay
+    from openpse.api.idempotency import Replay
     from openpse.services import checkout as svc_checkout
-    from openpse.services.context import Caller
+    from tests.support.answers import answering_caller
 
     kit = await new_merchant(services, "http://127.0.0.1:9")
-    store = IdempotencyStore(services.db, services.secrets, lock_timeout_s=60)
-    key, now = f"cs-{uuid.uuid4().hex}", services.now()
-    got = await store.begin(merchant_id=kit.merchant_id, livemode=False, key=key,
-                            method="POST", path="/v1/checkout/sessions", req_hash="h", now=now)
-    assert isinstance(got, Claimed)
-
-    async def respond(tx: Any, status: int, body: bytes, writes: Any = None) -> None:
-        await store.store_in(tx, got, status=status, headers={"content-type": JSON_CONTENT_TYPE},
-                             body=body, writes=writes)
-    caller = Caller(kit.merchant_id, False, idempotency_ref=got, respond=respond)
+    key = f"cs-{uuid.uuid4().hex}"
+    caller, got, store = await answering_caller(services, kit.merchant_id, key,
+                                                "/v1/checkout/sessions")
     view = await svc_checkout.create_session(services, caller, _body())
     assert got.stored == (201, {"content-type": JSON_CONTENT_TYPE}, orjson.dumps(view))
     replay = await store.begin(merchant_id=kit.merchant_id, livemode=False, key=key,
-                               method="POST", path="/v1/checkout/sessions", req_hash="h",
-                               now=now)
+                               method="POST", path="/v1/checkout/sessions",
+                               req_hash="h-" + key, now=services.now())
     assert isinstance(replay, Replay) and (replay.status, replay.body) == (
         201, orjson.dumps(view))

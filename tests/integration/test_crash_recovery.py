@@ -30,7 +30,8 @@ from tests.conftest import MerchantKit, make_server, new_merchant
 from tests.support.ledger import (
     DECLINED,
     VISA,
-    acquirer_charges_then_dies,
+    ProcessDied,
+    acquirer_acts_then_dies,
     acquirer_operations,
     count_payments,
     journals_for,
@@ -164,16 +165,6 @@ async def test_sigkill_in_the_middle_of_confirms(services, migrated_db, tmp_path
 
 # ---- in-process crash points ----------------------------------------------------------------
 
-class _Crash(BaseException):
-    """Stands for the process dying: nothing in the code under test may catch it."""
-
-
-@pytest.fixture
-async def shop(services: Any) -> Caller:
-    kit = await new_merchant(services, "http://127.0.0.1:9")
-    return Caller(kit.merchant_id, False)
-
-
 def _card() -> svc_payments.CardInput:
     return svc_payments.CardInput(VISA, 12, 2034, "123")
 
@@ -220,10 +211,10 @@ async def test_crash_before_the_acquirer_call_then_idempotent_retry(services, sh
     sim = services.connectors["simulator"]
 
     async def dies(req: Any) -> Any:
-        raise _Crash
+        raise ProcessDied
 
     monkeypatch.setattr(sim, "authorize", dies)
-    with pytest.raises(_Crash):
+    with pytest.raises(ProcessDied):
         await svc_payments.create_payment(services, shop, _params("cp-a"), _card())
     pay = await _after_crash(services, shop, sim_rows=0)
     monkeypatch.undo()
@@ -235,8 +226,8 @@ async def test_crash_before_the_acquirer_call_then_idempotent_retry(services, sh
 
 
 async def test_crash_after_the_acquirer_call_then_recovery_job(services, shop, monkeypatch):
-    acquirer_charges_then_dies(services, monkeypatch, _Crash)
-    with pytest.raises(_Crash):
+    acquirer_acts_then_dies(services, monkeypatch, ProcessDied)
+    with pytest.raises(ProcessDied):
         await svc_payments.create_payment(services, shop, _params("cp-b"), _card())
     await _after_crash(services, shop, sim_rows=1)
     monkeypatch.undo()
@@ -248,10 +239,10 @@ async def test_crash_after_the_acquirer_call_then_recovery_job(services, shop, m
 
 async def test_crash_before_the_answer_commits_then_confirm_again(services, shop, monkeypatch):
     async def dies(*a: Any, **kw: Any) -> Any:
-        raise _Crash
+        raise ProcessDied
 
     monkeypatch.setattr(svc_payments, "post_journal", dies)
-    with pytest.raises(_Crash):
+    with pytest.raises(ProcessDied):
         await svc_payments.create_payment(services, shop, _params("cp-c", "manual"), _card())
     pay = await _after_crash(services, shop, sim_rows=1)
     monkeypatch.undo()
@@ -271,10 +262,10 @@ async def test_crash_in_capture(services, shop, monkeypatch, point: str) -> None
     async def crashing(*a: Any) -> Any:
         if point == "after_call":
             await real(*a)
-        raise _Crash
+        raise ProcessDied
 
     monkeypatch.setattr(sim, "capture", crashing)
-    with pytest.raises(_Crash):
+    with pytest.raises(ProcessDied):
         await svc_payments.capture_payment(services, shop, view["id"], 1000)
     assert (await payment_row(services, view["id"]))["status"] == "processing"
     monkeypatch.undo()
@@ -287,15 +278,8 @@ async def test_crash_in_capture(services, shop, monkeypatch, point: str) -> None
 
 async def test_crash_in_refund_then_recovery_job(services, shop, monkeypatch):
     view, _ = await svc_payments.create_payment(services, shop, _params("cp-e"), _card())
-    sim = services.connectors["simulator"]
-    real = sim.refund
-
-    async def refunds_then_dies(*a: Any) -> Any:
-        await real(*a)
-        raise _Crash
-
-    monkeypatch.setattr(sim, "refund", refunds_then_dies)
-    with pytest.raises(_Crash):
+    acquirer_acts_then_dies(services, monkeypatch, ProcessDied, "refund")
+    with pytest.raises(ProcessDied):
         await svc_refunds.create_refund(services, shop, view["id"], 500)
     pay = await payment_row(services, view["id"])
     assert pay["amount_refunded"] == 500  # reserved before the call, so no race can exceed it
@@ -349,12 +333,12 @@ async def test_the_answer_commits_with_the_work_it_describes(services, shop, mon
 
     # 2. The answer's transaction fails: neither the work nor the answer is stored.
     async def dies(*a: Any, **kw: Any) -> Any:
-        raise _Crash
+        raise ProcessDied
 
     got = await claim("answer-crash", now)
     assert isinstance(got, Claimed)
     monkeypatch.setattr(svc_payments, "post_journal", dies)
-    with pytest.raises(_Crash):
+    with pytest.raises(ProcessDied):
         await svc_payments.create_payment(services, caller_for(got), _params("ans-crash"),
                                           _card())
     monkeypatch.undo()

@@ -13,28 +13,25 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from openpse.api.errors import JSON_CONTENT_TYPE
-from openpse.api.idempotency import Claimed, IdempotencyStore, Replay
+from openpse.api.idempotency import Replay
 from openpse.connectors.base import ConnectorResult, Outcome
 from openpse.services import payments as svc_payments
 from openpse.services import refunds as svc_refunds
 from openpse.services.context import Caller
 from openpse.storage.tables import events, payment_attempts, payments, refunds
-from tests.conftest import new_merchant
+from tests.support.answers import answering_caller, until_it_waits_for_a_lock
 from tests.support.api_asserts import assert_error
-from tests.support.ledger import VISA, journals_for, ledger_problems, payment_body
-
-
-class _Crash(BaseException):
-    """The process dying between the acquirer's answer and applying it."""
-
-
-@pytest.fixture
-async def shop(services: Any) -> Caller:
-    kit = await new_merchant(services, "http://127.0.0.1:9")
-    return Caller(kit.merchant_id, False)
+from tests.support.ledger import (
+    VISA,
+    ProcessDied,
+    acquirer_acts_then_dies,
+    journals_for,
+    ledger_problems,
+    payment_body,
+)
 
 
 async def _unanswered_refund(services: Any, shop: Caller, monkeypatch: Any, order: str
@@ -46,15 +43,8 @@ async def _unanswered_refund(services: Any, shop: Caller, monkeypatch: Any, orde
         "capture_method": "automatic", "payment_method": {"type": "card"}},
         svc_payments.CardInput(VISA, 12, 2034, "123"))
     await svc_refunds.create_refund(services, shop, view["id"], 100)
-    sim = services.connectors["simulator"]
-    real = sim.refund
-
-    async def refunds_then_dies(*a: Any) -> Any:
-        await real(*a)
-        raise _Crash
-
-    monkeypatch.setattr(sim, "refund", refunds_then_dies)
-    with pytest.raises(_Crash):
+    acquirer_acts_then_dies(services, monkeypatch, ProcessDied, "refund")
+    with pytest.raises(ProcessDied):
         await svc_refunds.create_refund(services, shop, view["id"], 500)
     monkeypatch.undo()
     async with services.db.read() as conn:
@@ -96,13 +86,6 @@ async def test_answers_racing_for_one_refund_post_it_once(services: Any, shop: C
         await _refunded_once(services, payment_id, refund_id)
 
 
-async def _waiting_on_a_lock(services: Any) -> bool:
-    async with services.db.read() as conn:
-        return bool((await conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'"))).scalar_one())
-
-
 async def test_the_lone_refund_answer_takes_the_payment_first_as_the_locked_path_does(
         services: Any, shop: Caller, monkeypatch: Any) -> None:
     """Another transaction holds the payment's row (as a refund's creation and the locked
@@ -115,13 +98,7 @@ async def test_the_lone_refund_answer_takes_the_payment_first_as_the_locked_path
         await other.execute(select(payments.c.id).where(payments.c.id == payment_id)
                             .with_for_update())
         answer = asyncio.create_task(_answer(services, refund_id, attempt_id))
-        for _ in range(250):
-            await asyncio.sleep(0.02)
-            if services.db.is_sqlite or await _waiting_on_a_lock(services):
-                break
-        else:
-            raise AssertionError("the answer never waited for the payment's lock")
-        assert not answer.done()
+        await until_it_waits_for_a_lock(services, answer)
         await other.execute(update(refunds).where(refunds.c.id == refund_id).values(
             version=refunds.c.version + 1, reason="requested_by_customer"))
         await other.execute(update(payment_attempts).where(payment_attempts.c.id == attempt_id)
@@ -141,21 +118,14 @@ async def test_a_refunds_answer_is_stored_with_its_key_in_the_answers_transactio
         "amount": 2000, "currency": "USD", "merchant_order_id": "refund-answer",
         "confirm": True, "capture_method": "automatic", "payment_method": {"type": "card"}},
         svc_payments.CardInput(VISA, 12, 2034, "123"))
-    store = IdempotencyStore(services.db, services.secrets, lock_timeout_s=60)
-    key, now = f"refund-{uuid.uuid4().hex}", services.now()
-    got = await store.begin(merchant_id=shop.merchant_id, livemode=False, key=key,
-                            method="POST", path="/v1/refunds", req_hash="h", now=now)
-    assert isinstance(got, Claimed)
-
-    async def respond(tx: Any, status: int, body: bytes, writes: Any = None) -> None:
-        await store.store_in(tx, got, status=status, headers={"content-type": JSON_CONTENT_TYPE},
-                             body=body, writes=writes)
-    caller = Caller(shop.merchant_id, False, idempotency_ref=got, respond=respond)
+    key = f"refund-{uuid.uuid4().hex}"
+    caller, got, store = await answering_caller(services, shop.merchant_id, key, "/v1/refunds")
     refund = await svc_refunds.create_refund(services, caller, view["id"], 700)
     assert refund["status"] == "succeeded"
     assert got.stored == (201, {"content-type": JSON_CONTENT_TYPE}, orjson.dumps(refund))
     replay = await store.begin(merchant_id=shop.merchant_id, livemode=False, key=key,
-                               method="POST", path="/v1/refunds", req_hash="h", now=now)
+                               method="POST", path="/v1/refunds", req_hash="h-" + key,
+                               now=services.now())
     assert isinstance(replay, Replay) and (replay.status, replay.body) == (
         201, orjson.dumps(refund))
 

@@ -128,15 +128,20 @@ async def acquirer_operations(services: Any, payment_id: str) -> list[dict[str, 
     return [dict(r._mapping) for r in rows]
 
 
-def acquirer_charges_then_dies(services: Any, monkeypatch: Any,
-                               crash: type[BaseException]) -> None:
-    """From now on (until ``monkeypatch.undo()``) the sandbox acquirer charges the card, then
-    the process "dies" (``crash``) before the answer is applied."""
-    sim = services.connectors["simulator"]
-    real = sim.authorize
+class ProcessDied(BaseException):
+    """Stands for the process dying: nothing in the code under test may catch it."""
 
-    async def charges_then_dies(req: Any) -> Any:
-        await real(req)
+
+def acquirer_acts_then_dies(services: Any, monkeypatch: Any, crash: type[BaseException],
+                            operation: str = "authorize") -> None:
+    """From now on (until ``monkeypatch.undo()``) the sandbox acquirer does ``operation``
+    (charges the card, refunds it, ...), then the process "dies" (``crash``) before the
+    answer is applied."""
+    sim = services.connectors["simulator"]
+    real = getattr(sim, operation)
+
+    async def acts_then_dies(*args: Any) -> Any:
+        await real(*args)
         raise crash
 
-    monkeypatch.setattr(sim, "authorize", charges_then_dies)
+    monkeypatch.setattr(sim, operation, acts_then_dies)
