@@ -38,11 +38,11 @@ MASTER_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 BASE = "http://bench.local"
 
 
-def _body(i: int) -> bytes:
+def _body(i: int, capture_method: str = "automatic") -> bytes:
     return encode({"amount": 1000 + i % 500, "currency": "JPY", "merchant_order_id": f"p-{i}",
                    "payment_method": {"type": "card", "card": {
                        "number": "4242424242424242", "exp_month": 12, "exp_year": 2034,
-                       "cvc": "123"}}, "confirm": True})
+                       "cvc": "123"}}, "confirm": True, "capture_method": capture_method})
 
 
 async def _run(a: argparse.Namespace) -> dict[str, Any]:
@@ -85,13 +85,13 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
             if r.status_code != 200:
                 raise SystemExit(f"unexpected {r.status_code}: {r.text}")
 
-        async def post(path: str, body: bytes) -> Any:
-            """A signed POST with a new Idempotency-Key that must answer 201; its JSON."""
+        async def post(path: str, body: bytes, expect: int = 201) -> Any:
+            """A signed POST with a new Idempotency-Key that must answer ``expect``; its JSON."""
             headers = sign_headers("POST", BASE + path, body, key, secret)
             headers["Content-Type"] = "application/json"
             headers["Idempotency-Key"] = uuid.uuid4().hex
             r = await client.post(path, content=body, headers=headers)
-            if r.status_code != 201:
+            if r.status_code != expect:
                 raise SystemExit(f"unexpected {r.status_code}: {r.text}")
             return r.json()
 
@@ -110,14 +110,18 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
                 "payment_method_types": ["card"], "success_url": "https://shop.example/ok",
                 "cancel_url": "https://shop.example/cancel"}))
 
+        async def capture(_i: int) -> None:  # a payment authorized before, each once
+            await post(f"/v1/payments/{refundable.pop()}/capture", b"{}", expect=200)
+
         for i in range(a.warmup):
             await one(10**6 + i)
-        if a.scenario == "refund":
+        if a.scenario in ("refund", "capture"):
+            method = "manual" if a.scenario == "capture" else "automatic"
             for i in range(a.warmup + a.n):
-                await one(2 * 10**6 + i)
-                refundable.append(pay_id[0])
+                made = await post("/v1/payments", _body(2 * 10**6 + i, method))
+                refundable.append(made["id"])
         run = {"create": one, "get": get, "healthz": healthz, "refund": refund,
-               "checkout": checkout}[a.scenario]
+               "checkout": checkout, "capture": capture}[a.scenario]
         for i in range(a.warmup):
             await run(10**6 + i)
         statements[0] = 0
@@ -175,11 +179,13 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", required=True)
     ap.add_argument("-n", type=int, default=500)
-    ap.add_argument("--scenario", choices=["create", "get", "healthz", "refund", "checkout"],
+    ap.add_argument("--scenario",
+                    choices=["create", "get", "healthz", "refund", "checkout", "capture"],
                     default="create",
                     help="create+confirm (default), a signed GET of one payment, /healthz, "
-                         "a refund of 1 of a payment made before (one payment each), or a "
-                         "checkout session's creation")
+                         "a refund of 1 of a payment made before (one payment each), a "
+                         "checkout session's creation, or a capture of a payment authorized "
+                         "before (one each)")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--profile", choices=["none", "cprofile", "pyinstrument"], default="none")
     ap.add_argument("--sort", default="tottime")
