@@ -11,6 +11,7 @@ capture and replay the exact response bytes.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,12 @@ NUL = "\x00"
 # POST routes whose first step is a write transaction, with nothing sent out of the process
 # before it: their idempotency claim is written inside that transaction (DeferredClaim).
 DEFERRED_CLAIM_PATHS = frozenset({"/v1/payments", "/v1/refunds", "/v1/checkout/sessions"})
+DEFERRED_CLAIM_ACTIONS = re.compile(r"/v1/payments/[^/]+/(?:confirm|capture|cancel)")
+
+
+def defers_claim(path: str) -> bool:
+    """Whether a POST to ``path`` has its claim written in the route's first transaction."""
+    return path in DEFERRED_CLAIM_PATHS or DEFERRED_CLAIM_ACTIONS.fullmatch(path) is not None
 log = get_logger("openpse.api")
 
 
@@ -158,7 +165,7 @@ class Pipeline:
                     raise
                 # The claim writes a pending nonce (or refuses it as replayed).
                 outcome = await self._claim(scope, headers, body, auth,
-                                            deferred=scope["path"] in DEFERRED_CLAIM_PATHS)
+                                            deferred=defers_claim(scope["path"]))
                 if isinstance(outcome, Replay):
                     await self._send_replay(cap, outcome)
                     return

@@ -512,7 +512,8 @@ async def confirm_payment(
                                                    return_url, now)
         if card is not None and isinstance(card.cvc, str):
             cvc = card.cvc
-    return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds)
+    return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds,
+                                 respond_status=200)
 
 
 async def _begin_confirm(
@@ -904,11 +905,14 @@ async def capture_payment(svc: Services, caller: Caller, payment_id: str,
             attempt_id = await _new_attempt(tx, row, "capture", amt, now)
             row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
                                       action="capture", event_type=None)
-    return await _run_simple(svc, caller, row, attempt_id, "capture")
+    return await _run_simple(svc, caller, row, attempt_id, "capture", respond_status=200)
 
 
 async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
-                      attempt_id: str, operation: str) -> dict[str, Any]:
+                      attempt_id: str, operation: str, *, respond_status: int | None = None
+                      ) -> dict[str, Any]:
+    """A capture's or a void's acquirer call and its answer (with ``respond_status``, the
+    request's answer stored with its key in the answer's transaction, as ``apply_result``)."""
     connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
     async with svc.db.read() as conn:
         attempt = await _attempt(conn, attempt_id)
@@ -922,7 +926,8 @@ async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
     except Exception as exc:
         result = ConnectorResult(Outcome.PENDING, message=f"connector error: {type(exc).__name__}")
     final = await apply_result(svc, caller, row["id"], attempt_id, operation, result,
-                               merchant_id=row["merchant_id"], livemode=bool(row["livemode"]))
+                               merchant_id=row["merchant_id"], livemode=bool(row["livemode"]),
+                               respond_status=respond_status)
     return payment_view(final)
 
 
@@ -946,12 +951,15 @@ async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
                 "cancellation_reason": reason, "canceled_at": now, "next_action": None},
                 now=now, action="cancel")
             await _after_payment_change(tx, caller, new, now)
-            return payment_view(new)
+            view = payment_view(new)
+            if caller.respond is not None:  # the answer commits with the cancellation
+                await caller.respond(tx, 200, orjson.dumps(view), None)
+            return view
         attempt_id = await _new_attempt(tx, row, "void", 0, now,
                                         raw={"cancellation_reason": reason})
         row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
                                   action="cancel", event_type=None)
-    return await _run_simple(svc, caller, row, attempt_id, "void")
+    return await _run_simple(svc, caller, row, attempt_id, "void", respond_status=200)
 
 
 # ---- recovery -----------------------------------------------------------------------------
