@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from sqlalchemy import and_, insert, select, update
 
 from openpse.domain import local_methods as local_rules
@@ -235,8 +234,7 @@ async def create_session(svc: Services, caller: Caller, p: dict[str, Any]) -> di
         await direct(tx).insert(checkout_sessions, row)
         await svc_payments._recovery_point(tx, caller, session_id)  # if not recorded yet
         view = _view(svc, caller, row)
-        if caller.respond is not None:  # the answer commits with the session
-            await caller.respond(tx, 201, orjson.dumps(view), None)
+        await caller.store_answer(tx, 201, view)  # the answer commits with the session
     return view
 
 

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from openpse.config import Settings
 from openpse.crypto import Fingerprinter, SecretBox
 from openpse.storage.db import Database, Tx
@@ -72,6 +74,13 @@ class Caller:
         """Whether the claim already records ``resource_id`` (written in this transaction)."""
         records = getattr(self.idempotency_ref, "records_resource", None)
         return records is not None and bool(records(resource_id))
+
+    async def store_answer(self, tx: Tx, status: int, view: dict[str, Any],
+                           writes: list[Any] | None = None) -> None:
+        """Store the request's answer (``view`` as JSON) with its Idempotency-Key in ``tx``, the
+        transaction of its last state change (``respond``); nothing without a key."""
+        if self.respond is not None:
+            await self.respond(tx, status, orjson.dumps(view), writes)
 
     def key_record_id(self) -> int | None:
         """The id of this request's idempotency key row, once it exists."""

@@ -16,12 +16,12 @@ and finishes the work exactly once.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
 from sqlalchemy import Table, insert, select
 
 from openpse.connectors.base import AuthorizeRequest, CardData, ConnectorResult, Outcome
@@ -673,14 +673,10 @@ async def apply_result(
     idempotency key in the same transaction (``Caller.respond``)."""
     now = svc.now()
     scope = Caller(merchant_id, livemode) if caller is None else caller
-    if not svc.db.is_sqlite and result.outcome != Outcome.PENDING:
-        try:
-            done = await _apply_unlocked(svc, caller, scope, payment_id, attempt_id, operation,
-                                         result, now, respond_status)
-        except GuardMissed:  # changed since we read it: nothing was written; lock and redo
-            done = None
-        if done is not None:
-            return done
+    done = await unlocked_first(svc, result, lambda: _apply_unlocked(
+        svc, caller, scope, payment_id, attempt_id, operation, result, now, respond_status))
+    if done is not None:
+        return done
     async with svc.db.transaction() as tx:
         row, attempt = await _lock_with_attempt(tx, scope, payment_id, attempt_id)
         if attempt is None or attempt.status != "pending":
@@ -695,6 +691,21 @@ async def apply_result(
             return row
         return await _apply_to(svc, tx, caller, row, attempt, operation, result, now,
                                respond_status, Held(keep=True, writes=[finished]))
+
+
+async def unlocked_first(svc: Services, result: ConnectorResult,
+                         unlocked: Callable[[], Awaitable[dict[str, Any] | None]]
+                         ) -> dict[str, Any] | None:
+    """An acquirer's final answer on PostgreSQL: ``unlocked`` (read without a lock, written as
+    one statement that checks its guards itself) first. None when the locked path must decide:
+    SQLite, a pending outcome, not the common case, or a guard that missed (the row changed
+    since it was read; nothing was written)."""
+    if svc.db.is_sqlite or result.outcome == Outcome.PENDING:
+        return None
+    try:
+        return await unlocked()
+    except GuardMissed:
+        return None
 
 
 async def _apply_unlocked(
@@ -734,9 +745,8 @@ async def _apply_to(svc: Services, tx: Tx, caller: Caller | None, row: dict[str,
     on the new row they are given, and read no payment."""
     handler = _APPLY[operation]
     new: dict[str, Any] = await handler(svc, tx, caller, row, result, attempt, now, held)
-    if (respond_status is not None and caller is not None and caller.respond is not None
-            and new["status"] != Status.FAILED):
-        await caller.respond(tx, respond_status, orjson.dumps(payment_view(new)), held.writes)
+    if respond_status is not None and caller is not None and new["status"] != Status.FAILED:
+        await caller.store_answer(tx, respond_status, payment_view(new), held.writes)
     held.guard_first(payments, row["id"])  # the locked path's order: payment, then attempt
     await flush(tx, held, last=last)
     return new
@@ -952,8 +962,7 @@ async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
                 now=now, action="cancel")
             await _after_payment_change(tx, caller, new, now)
             view = payment_view(new)
-            if caller.respond is not None:  # the answer commits with the cancellation
-                await caller.respond(tx, 200, orjson.dumps(view), None)
+            await caller.store_answer(tx, 200, view)  # the answer commits with the cancellation
             return view
         attempt_id = await _new_attempt(tx, row, "void", 0, now,
                                         raw={"cancellation_reason": reason})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from sqlalchemy import insert, select
 
 from openpse.connectors.base import ConnectorResult, Outcome
@@ -32,11 +31,12 @@ from openpse.services.payments import (
     DEFAULT_CONNECTOR,
     _attempt_row,
     _recovery_point,
+    unlocked_first,
     validate_metadata,
 )
 from openpse.services.views import payment_view, refund_view
 from openpse.storage.db import Tx
-from openpse.storage.direct import GuardMissed, Write, direct, prefixed, unprefixed
+from openpse.storage.direct import Write, direct, prefixed, unprefixed
 from openpse.storage.ledger import post_journal
 from openpse.storage.repos import in_scope, load_scoped, missing, update_versioned
 from openpse.storage.rows import apply_page, page_result, row_dict
@@ -241,14 +241,10 @@ async def apply_refund_result(svc: Services, caller: Caller | None, refund_id: s
     the request's answer (the refund) is stored with its idempotency key in it
     (``Caller.respond``)."""
     now = svc.now()
-    if not svc.db.is_sqlite and result.outcome != Outcome.PENDING:
-        try:
-            done = await _apply_unlocked(svc, caller, refund_id, attempt_id, result, now,
-                                         respond_status)
-        except GuardMissed:  # changed since we read it: nothing was written; lock and redo
-            done = None
-        if done is not None:
-            return done
+    done = await unlocked_first(svc, result, lambda: _apply_unlocked(
+        svc, caller, refund_id, attempt_id, result, now, respond_status))
+    if done is not None:
+        return done
     async with svc.db.transaction() as tx:
         ref, attempt_status, pay = await _lock_for_answer(tx, refund_id, attempt_id)
         if result.outcome == Outcome.PENDING or ref["status"] != "pending" or (
@@ -357,8 +353,8 @@ async def _finish(tx: Tx, caller: Caller | None, ref: dict[str, Any], pay: dict[
     after = refund_view(new)
     await record_event(tx, caller=caller, merchant_id=m, livemode=lm, type=etype, obj=after,
                        previous=changed_fields(before_ref, after), now=now, held=held)
-    if respond_status is not None and caller is not None and caller.respond is not None:
-        await caller.respond(tx, respond_status, orjson.dumps(after), held.writes)
+    if respond_status is not None and caller is not None:
+        await caller.store_answer(tx, respond_status, after, held.writes)
     held.guard_first(payments, pay["id"])  # the locked path's order: the payment first
     await flush(tx, held, last=last)
     return after
