@@ -427,13 +427,6 @@ async def _pending_attempt(tx: Tx, payment_id: str, operations: tuple[str, ...])
     return None if found is None else SimpleNamespace(**found)
 
 
-async def _attempt(tx: Tx, attempt_id: str) -> Any:
-    """One attempt row (attribute access), or None."""
-    row = await direct(tx).fetchone("SELECT * FROM payment_attempts WHERE id = :id",
-                                    {"id": attempt_id}, table=payment_attempts)
-    return None if row is None else SimpleNamespace(**row)
-
-
 async def _lock_with_attempt(tx: Tx, caller: Caller, payment_id: str, attempt_id: str
                              ) -> tuple[dict[str, Any], Any]:
     """``_lock`` and, in the same statement (one round trip instead of three), the attempt
@@ -900,7 +893,7 @@ async def capture_payment(svc: Services, caller: Caller, payment_id: str,
         row = await _lock(tx, caller, payment_id)
         pending = await _pending_attempt(tx, payment_id, ("capture",))
         if row["status"] == Status.PROCESSING and pending is not None:  # resume after a crash
-            attempt_id = pending.id
+            attempt_id, amt = pending.id, int(pending.amount)
         else:
             assert_transition(payment_id, row["status"], Status.SUCCEEDED, action="capture")
             if row["status"] != Status.REQUIRES_CAPTURE:
@@ -915,22 +908,20 @@ async def capture_payment(svc: Services, caller: Caller, payment_id: str,
             attempt_id = await _new_attempt(tx, row, "capture", amt, now)
             row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
                                       action="capture", event_type=None)
-    return await _run_simple(svc, caller, row, attempt_id, "capture", respond_status=200)
+    return await _run_simple(svc, caller, row, attempt_id, "capture", amt, respond_status=200)
 
 
 async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
-                      attempt_id: str, operation: str, *, respond_status: int | None = None
-                      ) -> dict[str, Any]:
-    """A capture's or a void's acquirer call and its answer (with ``respond_status``, the
-    request's answer stored with its key in the answer's transaction, as ``apply_result``)."""
+                      attempt_id: str, operation: str, amount: int, *,
+                      respond_status: int | None = None) -> dict[str, Any]:
+    """A capture's or a void's acquirer call (``amount``: the attempt's) and its answer (with
+    ``respond_status``, the request's answer stored with its key in the answer's transaction,
+    as ``apply_result``)."""
     connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
-    async with svc.db.read() as conn:
-        attempt = await _attempt(conn, attempt_id)
-    assert attempt is not None
     try:
         if operation == "capture":
             result = await connector.capture(attempt_id, row["connector_reference"] or "",
-                                             int(attempt.amount), row["currency"])
+                                             amount, row["currency"])
         else:
             result = await connector.void(attempt_id, row["connector_reference"] or "")
     except Exception as exc:
@@ -968,7 +959,7 @@ async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
                                         raw={"cancellation_reason": reason})
         row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
                                   action="cancel", event_type=None)
-    return await _run_simple(svc, caller, row, attempt_id, "void", respond_status=200)
+    return await _run_simple(svc, caller, row, attempt_id, "void", 0, respond_status=200)
 
 
 # ---- recovery -----------------------------------------------------------------------------
@@ -992,7 +983,7 @@ async def resolve_attempt(svc: Services, attempt: Any) -> None:
             pass
         return
     if result is None:
-        await _run_simple(svc, None, prow, attempt.id, attempt.operation)
+        await _run_simple(svc, None, prow, attempt.id, attempt.operation, int(attempt.amount))
         return
     await apply_result(svc, None, prow["id"], attempt.id, attempt.operation, result,
                        merchant_id=prow["merchant_id"], livemode=bool(prow["livemode"]))
