@@ -57,6 +57,8 @@ DEFERRED_CLAIM_ACTIONS = re.compile(r"/v1/payments/[^/]+/(?:confirm|capture|canc
 def defers_claim(path: str) -> bool:
     """Whether a POST to ``path`` has its claim written in the route's first transaction."""
     return path in DEFERRED_CLAIM_PATHS or DEFERRED_CLAIM_ACTIONS.fullmatch(path) is not None
+
+
 log = get_logger("openpse.api")
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from openpse.storage.direct import Foldable, direct
+from openpse.storage.direct import Foldable, GatedStatement, direct
 from openpse.storage.inline_sqlite import inline_creator
 from openpse.storage.sqlite_lock import WriterFileLock, lock_path_for
 
@@ -84,9 +84,6 @@ def first_write(hook: FirstWrite) -> Iterator[None]:
         _FIRST_WRITE.reset(token)
 
 
-# A before-commit hook's work as one gated statement: SQL with an ``{ok}`` condition (it
-# writes only when that holds) and its parameters (named so as not to clash with others').
-GatedStatement = tuple[str, dict[str, Any]]
 _AS_STATEMENT = "before_commit_as_statement"
 
 

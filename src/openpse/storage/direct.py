@@ -35,8 +35,13 @@ from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Direct", "Foldable", "GuardMissed", "Write", "Writes", "decode", "direct",
-           "json_param", "prefixed", "unprefixed"]
+__all__ = ["Direct", "Foldable", "GatedStatement", "GuardMissed", "Write", "Writes", "decode",
+           "direct", "json_param", "prefixed", "unprefixed"]
+
+# A statement gated on a condition: SQL with an ``{ok}`` placeholder (it writes only when that
+# holds) and its parameters (named so as not to clash with others'). A before-commit hook's
+# work in this form rides in a unit's lone last statement as a tail (``execute_guarded``).
+GatedStatement = tuple[str, dict[str, Any]]
 
 # Writes made with a statement: (table, row) inserts, (table, values, where) updates; values as
 # column -> value with JSON columns as Python values.
@@ -221,8 +226,6 @@ class Foldable(Protocol):
     def fold_failed(self, exc: IntegrityError) -> None: ...
 
 
-
-
 # What a statement that runs alone (``Direct.execute_guarded``) casts to an integer when a guard
 # missed: the cast fails, so the statement fails and nothing of it is written.
 _GUARD_MISSED = "openpse: a guarded row changed"
@@ -396,7 +399,7 @@ class Direct:
     async def execute_guarded(self, sql: str, params: Mapping[str, Any] | None = None, *,
                               writes: Writes = (), guards: Sequence[Write] = (),
                               last: bool = False,
-                              tails: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> list[int]:
+                              tails: Sequence[GatedStatement] = ()) -> list[int]:
         """:meth:`execute` with ``guards``: updates ``(table, values, where)`` made with it whose
         row counts it returns, in order (a version-checked update's count is its lost-update
         guard: the caller raises, rolling the transaction back, unless it is 1). PostgreSQL:
@@ -408,9 +411,8 @@ class Direct:
         (``can_run_alone``) the statement runs alone with its guards, which it checks itself:
         it fails, writing nothing, if one missed (``GuardMissed``); it updates (and locks) the
         guards' rows in the order given, so give them in the order other writers lock them; and
-        ``tails`` (statements
-        with an ``{ok}`` condition, and their parameters) run in it after the guards' updates,
-        only when they all hit: what was to run before the commit (``db.take_before_commit``)."""
+        ``tails`` (``GatedStatement``s) run in it after the guards' updates, only when they all
+        hit: what was to run before the commit (``db.take_before_commit``)."""
         if last and self.can_run_alone and not sql.startswith("WITH"):
             return await self._alone(sql, params or {}, writes, guards, tails)
         if tails:
@@ -442,8 +444,7 @@ class Direct:
         return [int(c) for c in record]
 
     async def _alone(self, sql: str, params: Mapping[str, Any], writes: Writes,
-                     guards: Sequence[Write], tails: Sequence[tuple[str, Mapping[str, Any]]]
-                     ) -> list[int]:
+                     guards: Sequence[Write], tails: Sequence[GatedStatement]) -> list[int]:
         """``execute_guarded(last=True)`` as the unit's only statement, in autocommit."""
         merged = _guard_params(guards, params)
         tail_sql = tuple(t[0] for t in tails)

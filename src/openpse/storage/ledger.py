@@ -23,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 
 from openpse.domain.ids import new_id
 from openpse.domain.ledger import Posting, check_balanced
-from openpse.storage.db import TX_SCOPED_INFO, GatedStatement, Tx, before_commit
-from openpse.storage.direct import Write, direct
+from openpse.storage.db import TX_SCOPED_INFO, Tx, before_commit
+from openpse.storage.direct import GatedStatement, Write, direct
 from openpse.storage.tables import journals, ledger_accounts, ledger_balances, postings
 
 __all__ = ["BALANCE_SLOTS", "account_balances", "balances_for", "post_journal"]

@@ -34,7 +34,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 
 from openpse.domain.ids import PREFIXES, new_id
 from openpse.storage.db import TX_SCOPED_INFO, Tx
-from openpse.storage.direct import Writes, direct
+from openpse.storage.direct import GatedStatement, Writes, direct
 from openpse.storage.tables import events, webhook_attempts, webhook_deliveries, webhook_endpoints
 from openpse.webhooks.schedule import (
     MAX_ATTEMPTS,
@@ -117,7 +117,7 @@ async def write_event(tx: Tx, row: dict[str, Any], *, now_s: int, writes: Writes
 
 async def write_events(tx: Tx, rows: Sequence[dict[str, Any]], *, now_s: int,
                        writes: Writes = (), guards: Writes = (), last: bool = False,
-                       tails: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> list[int]:
+                       tails: Sequence[GatedStatement] = ()) -> list[int]:
     """Insert ``events`` rows (their columns in ``rows``: one merchant's, one mode) and a
     pending delivery of each per enabled endpoint subscribed to its type, in the caller's
     transaction, in order.
