@@ -39,7 +39,7 @@ import re
 import resource
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
@@ -704,24 +704,35 @@ def _await_all(q: Any, procs: list[Any], timeout_s: float, what: str) -> list[An
     return got
 
 
+def latency_ms(lat: list[float]) -> tuple[float, float, float, float]:
+    """p50, p95, p99 and max in ms of sorted latencies in seconds."""
+    return (percentile(lat, 0.50) * 1000, percentile(lat, 0.95) * 1000,
+            percentile(lat, 0.99) * 1000, lat[-1] * 1000 if lat else 0.0)
+
+
+def added_statuses(parts: Iterable[Mapping[Any, int]]) -> dict[str, int]:
+    """Responses per status code, added up over several counts."""
+    statuses: dict[str, int] = {}
+    for part in parts:
+        for code, n in part.items():
+            statuses[str(code)] = statuses.get(str(code), 0) + n
+    return statuses
+
+
 def _merge(results: list[dict[str, Any]], *, mode: str, concurrency: int, rate: float,
            processes: int) -> LoadResult:
     lat = sorted(x for r in results for x in r["lat"])
     done_t = [x for r in results for x in r["done_t"]]
     elapsed = max((r["elapsed_s"] for r in results), default=0.0)
-    statuses: dict[str, int] = {}
-    for r in results:
-        for code, n in r["statuses"].items():
-            statuses[str(code)] = statuses.get(str(code), 0) + n
+    statuses = added_statuses(r["statuses"] for r in results)
     gen_cpu = sum(r["cpu_s"] for r in results)
     n = len(lat)
+    p50, p95, p99, top = latency_ms(lat)
     start_rate, end_rate = _window_rates(done_t, elapsed)
     return LoadResult(
         mode=mode, requests=n, errors=sum(r["errors"] for r in results),
         elapsed_s=elapsed, throughput_per_s=n / elapsed if elapsed > 0 else 0.0,
-        p50_ms=percentile(lat, 0.50) * 1000, p95_ms=percentile(lat, 0.95) * 1000,
-        p99_ms=percentile(lat, 0.99) * 1000, max_ms=(lat[-1] * 1000 if lat else 0.0),
-        statuses=statuses,
+        p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=top, statuses=statuses,
         error_samples=[s for r in results for s in r["error_samples"]][:MAX_ERROR_SAMPLES],
         gen_processes=processes, gen_cpu_s=gen_cpu,
         gen_cpu_us_per_req=gen_cpu / n * 1e6 if n else 0.0,

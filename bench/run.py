@@ -33,7 +33,16 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import peer_localstripe as peer
-from bench.loadgen import MAX_ERROR_SAMPLES, Auth, LoadResult, Workload, percentile, run_load
+from bench.loadgen import (
+    MAX_ERROR_SAMPLES,
+    Auth,
+    LoadResult,
+    Workload,
+    added_statuses,
+    latency_ms,
+    percentile,
+    run_load,
+)
 from bench.prototype import create_schema_pg, pgbench_script
 from bench.report import Report, Row, machine_header
 from bench.servers import (
@@ -231,18 +240,13 @@ def _merge(phases: list[tuple[LoadResult, ProcSampler]]) -> tuple[LoadResult, Pr
     lat = sorted(x for r in results for x in r.latencies_s)
     elapsed = sum(r.elapsed_s for r in results)
     n = sum(r.requests for r in results)
-    statuses: dict[str, int] = {}
-    for r in results:
-        for code, k in r.statuses.items():
-            statuses[code] = statuses.get(code, 0) + k
     gen_cpu = sum(r.gen_cpu_s for r in results)
+    p50, p95, p99, top = latency_ms(lat)
     first = results[0]
     merged = LoadResult(
         mode=first.mode, requests=n, errors=sum(r.errors for r in results), elapsed_s=elapsed,
-        throughput_per_s=n / elapsed if elapsed > 0 else 0.0,
-        p50_ms=percentile(lat, 0.50) * 1000, p95_ms=percentile(lat, 0.95) * 1000,
-        p99_ms=percentile(lat, 0.99) * 1000, max_ms=lat[-1] * 1000 if lat else 0.0,
-        statuses=statuses,
+        throughput_per_s=n / elapsed if elapsed > 0 else 0.0, p50_ms=p50, p95_ms=p95,
+        p99_ms=p99, max_ms=top, statuses=added_statuses(r.statuses for r in results),
         error_samples=[e for r in results for e in r.error_samples][:MAX_ERROR_SAMPLES],
         gen_processes=first.gen_processes, gen_cpu_s=gen_cpu,
         gen_cpu_us_per_req=gen_cpu / n * 1e6 if n else 0.0, concurrency=first.concurrency,
