@@ -63,6 +63,32 @@ def test_a_document_nested_past_the_limit_is_cut_as_before() -> None:
     assert orjson.loads(redact_json(raw)) == redact(doc) != doc
 
 
+def test_a_wide_shallow_document_keeps_its_text() -> None:
+    """A page of payments has more brackets than ``MAX_DEPTH`` but is four levels deep: nothing
+    to cut, so its text is kept as it came (and the walk is skipped)."""
+    page = {"object": "list", "data": [{"id": f"pay_{i}", "metadata": {}, "card": {
+        "last4": "4242", "checks": [{"cvc_check": "pass"}]}} for i in range(20)]}
+    raw = json.dumps(page).encode()
+    assert raw.count(b"{") + raw.count(b"[") > MAX_DEPTH
+    assert redact_json(raw) == raw.decode()
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1])
+def test_the_depth_limit_is_where_walking_puts_it(levels: int) -> None:
+    """Beside many shallow brackets, a value ``levels`` deep: kept as it came up to the limit,
+    cut past it, exactly as ``redact`` cuts it."""
+    deep: Any = "deep"
+    for i in range(levels - 1):  # the top object is one level: "deep" ends ``levels`` down
+        deep = [deep] if i % 2 else {"x": deep}
+    doc = {"pad": [{} for _ in range(MAX_DEPTH)], "deep": deep}
+    raw = json.dumps(doc).encode()
+    assert orjson.loads(redact_json(raw)) == redact(doc)
+    if levels <= MAX_DEPTH:
+        assert redact_json(raw) == raw.decode()
+    else:
+        assert redact(doc) != doc
+
+
 def test_not_json_is_refused() -> None:
     with pytest.raises(ValueError):
         redact_json(b"number=4242424242424242&cvc=123")

@@ -92,12 +92,29 @@ def _maybe_sensitive(raw: bytes) -> bool:
     return _THIRTEEN_DIGITS in raw.translate(_DIGITS_AS_ONES, b" -")
 
 
+def _nested_past_limit(obj: Any) -> bool:
+    """Whether ``redact`` would cut something for depth: a value below ``MAX_DEPTH`` levels of
+    lists and objects. Walks containers only, level by level (a page of ten payments has 40
+    brackets but is four levels deep)."""
+    level, depth = ([obj] if isinstance(obj, (dict, list)) else []), 0
+    while level:
+        below: list[Any] = []
+        for node in level:
+            values = node.values() if isinstance(node, dict) else node
+            if depth >= MAX_DEPTH and values:
+                return True
+            below.extend(v for v in values if isinstance(v, (dict, list)))
+        level, depth = below, depth + 1
+    return False
+
+
 def redact_json(raw: bytes) -> str:
     """``raw`` (a JSON document) with ``redact`` applied; ValueError when it is not JSON."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValueError("not JSON") from exc
-    if not _maybe_sensitive(raw) and raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH:
+    if not _maybe_sensitive(raw) and (raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
+                                      or not _nested_past_limit(obj)):
         return raw.decode()  # valid UTF-8 (orjson checked it), nothing to mask, not too deep
     return orjson.dumps(redact(obj)).decode()
