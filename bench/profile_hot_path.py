@@ -80,6 +80,13 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
             if r.status_code != 200:
                 raise SystemExit(f"unexpected {r.status_code}: {r.text}")
 
+        async def listing(_i: int) -> None:  # the bench's list_payments: the newest 10
+            path = "/v1/payments?limit=10"
+            headers = sign_headers("GET", BASE + path, b"", key, secret)
+            r = await client.get(path, headers=headers)
+            if r.status_code != 200 or len(r.json()["data"]) != 10:
+                raise SystemExit(f"unexpected {r.status_code}: {r.text}")
+
         async def healthz(_i: int) -> None:
             r = await client.get("/healthz")
             if r.status_code != 200:
@@ -120,7 +127,7 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
             for i in range(a.warmup + a.n):
                 made = await post("/v1/payments", _body(2 * 10**6 + i, method))
                 refundable.append(made["id"])
-        run = {"create": one, "get": get, "healthz": healthz, "refund": refund,
+        run = {"create": one, "get": get, "list": listing, "healthz": healthz, "refund": refund,
                "checkout": checkout, "capture": capture}[a.scenario]
         for i in range(a.warmup):
             await run(10**6 + i)
@@ -180,10 +187,11 @@ def main() -> None:
     ap.add_argument("--database-url", required=True)
     ap.add_argument("-n", type=int, default=500)
     ap.add_argument("--scenario",
-                    choices=["create", "get", "healthz", "refund", "checkout", "capture"],
+                    choices=["create", "get", "list", "healthz", "refund", "checkout", "capture"],
                     default="create",
-                    help="create+confirm (default), a signed GET of one payment, /healthz, "
-                         "a refund of 1 of a payment made before (one payment each), a "
+                    help="create+confirm (default), a signed GET of one payment, a list of "
+                         "10, /healthz, a refund of 1 of a payment made before (one payment "
+                         "each), a "
                          "checkout session's creation, or a capture of a payment authorized "
                          "before (one each)")
     ap.add_argument("--warmup", type=int, default=50)
