@@ -35,3 +35,33 @@ def test_encoding_is_crockford_base32_of_the_value_most_significant_first():
                                for i in range(length))
             assert ids._encode(value, length) == expected
     assert ids._encode(1 << 130, 26) == "0" * 26  # bits above the length are not digits
+
+
+def test_a_forked_child_does_not_hand_out_its_parents_randomness():
+    """Ids draw on a pool of OS randomness; a child made by fork must refill it rather than
+    repeat the bytes its parent is about to use (same millisecond: same id otherwise)."""
+    import os
+
+    new_id("pay_")  # the parent's pool holds unread bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then leave without running anything else
+        try:
+            os.write(write, new_id("pay_", now_ms=1_700_000_000_000).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = new_id("pay_", now_ms=1_700_000_000_000)
+    assert child.startswith("pay_") and len(child) == len(parent)
+    assert child != parent
+
+
+def test_ids_from_several_threads_are_all_different():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: new_id("evt_", now_ms=1_700_000_000_000), range(4000)))
+    assert len(set(made)) == len(made)
