@@ -8,6 +8,7 @@ its events are written once and the ledger balances. SQLite runs the locked path
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +21,13 @@ from openpse.connectors.base import ConnectorResult, Outcome
 from openpse.services import payments as svc_payments
 from openpse.services.context import Caller
 from openpse.storage.direct import GuardMissed
-from openpse.storage.tables import events, idempotency_keys, payment_attempts, payments
+from openpse.storage.tables import (
+    events,
+    idempotency_keys,
+    merchants,
+    payment_attempts,
+    payments,
+)
 from tests.support.answers import answering_caller, until_it_waits_for_a_lock
 from tests.support.ledger import (
     VISA,
@@ -201,3 +208,70 @@ async def test_the_lone_answer_takes_the_payment_before_its_attempt_as_the_locke
     assert out["status"] == "succeeded"
     assert out["version"] == version_before + 2 and out["description"] == "theirs"
     await _posted_once(services, shop, [(payment_id, attempt_id)])
+
+
+async def _with_terms(services: Any, shop: Caller) -> Caller:
+    """``shop`` as the pipeline makes a caller: with the merchant's terms read with its key."""
+    async with services.db.read() as conn:
+        got = (await conn.execute(select(merchants.c.pricing, merchants.c.sandbox_clock_offset_s)
+                                  .where(merchants.c.id == shop.merchant_id))).one()
+    return dataclasses.replace(shop, merchant_terms={
+        "pricing": got.pricing, "sandbox_clock_offset_s": got.sandbox_clock_offset_s})
+
+
+def _create(services: Any, caller: Caller, order: str) -> Any:
+    return svc_payments.create_payment(services, caller, {
+        "amount": 1700, "currency": "USD", "merchant_order_id": order, "confirm": True,
+        "capture_method": "automatic", "payment_method": {"type": "card"}},
+        svc_payments.CardInput(VISA, 12, 2034, "123"))
+
+
+async def test_the_answer_to_rows_the_request_just_wrote_reads_nothing_and_still_sees_a_change(
+        services: Any, shop: Caller, monkeypatch: Any) -> None:
+    """A create+confirm's answer applies to the payment and attempt the request committed a
+    moment before and prices with the terms read with its key: on PostgreSQL it reads neither
+    again (one statement, guarded). A real change to the payment while the acquirer works
+    (another connection, committed) makes that statement miss and the locked path apply the
+    answer to the payment as it now is; either way it is posted once."""
+    caller = await _with_terms(services, shop)
+    for warm in ("known-warm-1", "known-warm-2"):  # the ledger's account ids cached
+        await _create(services, caller, warm)
+    reads: list[bool] = []
+    real_with_attempt = svc_payments._with_attempt
+
+    async def with_attempt(*a: Any, lock: bool) -> Any:
+        reads.append(lock)
+        return await real_with_attempt(*a, lock=lock)
+
+    monkeypatch.setattr(svc_payments, "_with_attempt", with_attempt)
+    quiet, _ = await _create(services, caller, "known-quiet")
+    assert quiet["status"] == "succeeded" and quiet["fee"] > 0
+    assert len(reads) == (1 if services.db.is_sqlite else 0)  # SQLite: the locked path
+    assert quiet == await svc_payments.get_payment(services, shop, quiet["id"])
+
+    sim = services.connectors["simulator"]
+    real_authorize = sim.authorize
+
+    async def authorize_while_someone_edits(req: Any) -> Any:
+        async with services.db.transaction() as other:  # committed before the answer
+            await other.execute(update(payments).where(payments.c.id == req.payment_id)
+                                .values(version=payments.c.version + 1,
+                                        description="edited meanwhile"))
+        return await real_authorize(req)
+
+    monkeypatch.setattr(sim, "authorize", authorize_while_someone_edits)
+    reads.clear()
+    edited, _ = await _create(services, caller, "known-edited")
+    monkeypatch.undo()
+    assert edited["status"] == "succeeded" and edited["description"] == "edited meanwhile"
+    assert edited["version"] == quiet["version"] + 1  # theirs, then the answer
+    # no unlocked read: the statement missed, then the locked path read (``lock``: PostgreSQL)
+    assert reads == [not services.db.is_sqlite]
+    await _posted_once(services, shop, [(p["id"], await _attempt_of(services, p["id"]))
+                                        for p in (quiet, edited)])
+
+
+async def _attempt_of(services: Any, payment_id: str) -> str:
+    async with services.db.read() as conn:
+        return str((await conn.execute(select(payment_attempts.c.id).where(
+            payment_attempts.c.payment_id == payment_id))).scalar_one())

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from openpse.domain import ledger as ledger_rules
 from openpse.storage.tables import merchants
 from tests.support.api_asserts import assert_error
 from tests.support.ledger import (
@@ -162,6 +163,27 @@ async def _set_pricing(services: Any, merchant_id: str, pricing: Any) -> None:
     async with services.db.transaction() as tx:
         await tx.execute(update(merchants).where(merchants.c.id == merchant_id)
                          .values(pricing=pricing))
+
+
+async def test_each_payment_prices_with_the_terms_read_with_its_key(merchant, services):
+    """The answer prices with the merchant's plan as the request's key was read with it (no
+    read of its own on PostgreSQL): a plan set by the operator applies from the next request,
+    and setting it back does too."""
+    raw = merchant.raw()
+    await _set_pricing(services, merchant.merchant_id,
+                       {"card": {"percent_bps": 1000, "fixed": {"JPY": 7}}})
+    try:
+        priced = raw.post("/v1/payments", payment_body(VISA, order="plan-1", amount=2000,
+                                                       currency="JPY"), headers=_key())
+        assert priced.status_code == 201, priced.text
+        assert priced.json()["fee"] == 2000 // 10 + 7
+    finally:
+        await _set_pricing(services, merchant.merchant_id, None)
+    default = raw.post("/v1/payments", payment_body(VISA, order="plan-2", amount=2000,
+                                                    currency="JPY"), headers=_key())
+    assert default.status_code == 201, default.text
+    assert default.json()["fee"] == ledger_rules.fee_for(None, "card", "JPY", 2000) != 207
+    assert not await ledger_problems(services)
 
 
 async def test_a_5xx_is_not_stored_and_the_retry_finishes_once(merchant, services):

@@ -22,10 +22,11 @@ from openpse.api.nonces import NonceStore, PendingNonce
 from openpse.crypto import SecretBox
 from openpse.domain import signing
 from openpse.domain.errors import AuthenticationFailed, PermissionDenied
+from openpse.services.context import MERCHANT_TERMS
 from openpse.services.merchants import secret_context
 from openpse.storage.db import Database
-from openpse.storage.direct import direct
-from openpse.storage.tables import access_keys
+from openpse.storage.direct import direct, prefixed, unprefixed
+from openpse.storage.tables import access_keys, merchants
 
 __all__ = ["AuthContext", "Authenticator", "client_ip"]
 
@@ -50,6 +51,10 @@ class AuthContext:
     # Set when the nonce check was deferred into the idempotency claim's transaction
     # (authenticate(defer_nonce=True)); the pipeline must then write it (PendingNonce.write).
     pending_nonce: PendingNonce | None = None
+    # The merchant's fee plan and sandbox clock as the key's read found them (``pricing``,
+    # ``sandbox_clock_offset_s``): what an acquirer's answer in this request prices with when
+    # it needs no read of its own (``Caller.merchant_terms``).
+    merchant_terms: dict[str, Any] | None = None
 
 
 def replayed_nonce() -> AuthenticationFailed:
@@ -197,6 +202,7 @@ class Authenticator:
             access_key_id=key_id,
             rate_limit_per_s=key["rate_limit_per_s"],
             pending_nonce=pending,
+            merchant_terms=unprefixed(key, "m", MERCHANT_TERMS, merchants),
         )
 
     async def remember(self, pending: PendingNonce) -> None:
@@ -250,6 +256,6 @@ class Authenticator:
 
 _KEY_SQL = (
     "SELECT k.id, k.merchant_id, k.livemode, k.secret_enc, k.status, k.expires_at, "
-    "k.ip_allowlist, k.rate_limit_per_s, m.status AS m_status "
+    f"k.ip_allowlist, k.rate_limit_per_s, m.status AS m_status, {prefixed('m', MERCHANT_TERMS)} "
     "FROM access_keys k JOIN merchants m ON m.id = k.merchant_id WHERE k.id = :id"
 )

@@ -41,6 +41,7 @@ async def get_caller(request: Request, _key: str | None = Depends(_access_key)) 
         idempotency_ref=claim,
         base_url=str(request.base_url).rstrip("/"),
         respond=getattr(request.state, "idempotency_respond", None),
+        merchant_terms=auth.merchant_terms,
     )
 
 

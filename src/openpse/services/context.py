@@ -13,7 +13,7 @@ from openpse.config import Settings
 from openpse.crypto import Fingerprinter, SecretBox
 from openpse.storage.db import Database, Tx
 
-__all__ = ["Caller", "ResponseHook", "Services"]
+__all__ = ["MERCHANT_TERMS", "Caller", "ResponseHook", "Services"]
 
 # Stores a request's final response (status, JSON body) with its idempotency key, inside the
 # transaction of the request's last state change: the key is then completed by the same
@@ -44,6 +44,10 @@ class Services:
         return self.fingerprints.fingerprint("page:" + object_id)
 
 
+# A merchant's columns an answer prices with: its fee plan and its sandbox clock.
+MERCHANT_TERMS = ("pricing", "sandbox_clock_offset_s")
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is asking: a merchant in one mode, and the request that carries the ask."""
@@ -62,6 +66,9 @@ class Caller:
     # The request's idempotency claim (anything with ``record_id``), read when needed: a claim
     # written inside the request's own first transaction has an id only from then on.
     idempotency_ref: Any = field(default=None, compare=False, repr=False)
+    # The merchant's ``MERCHANT_TERMS`` as the request's key was read with them (None: not
+    # read; a service reads them itself).
+    merchant_terms: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def plan_resource(self, resource_id: str) -> None:
         """Tell the request's idempotency claim, before the first write, what it will create:

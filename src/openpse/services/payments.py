@@ -41,7 +41,7 @@ from openpse.domain.payments import (
 )
 from openpse.domain.risk import RISK_BLOCK_CODE, risk_blocks
 from openpse.services.clock import merchant_now
-from openpse.services.context import Caller, Services
+from openpse.services.context import MERCHANT_TERMS, Caller, Services
 from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.views import payment_view
 from openpse.storage.db import TX_SCOPED_INFO, Tx
@@ -315,14 +315,14 @@ async def create_payment(svc: Services, caller: Caller, p: dict[str, Any],
         # With a method, confirmation's first step commits with the creation (one
         # transaction fewer); a crash after it resumes from ``processing`` like any confirm.
         confirm_now = bool(p.get("confirm")) and pm_view is not None
-        attempt_id = ""
+        attempt = None
         if confirm_now:
-            row, attempt_id = await _begin_confirm(svc, tx, caller, row, None, None, None, now,
-                                                   held=held)
+            row, attempt = await _begin_confirm(svc, tx, caller, row, None, None, None, now,
+                                                held=held)
         await flush(tx, held, last=True)  # nothing follows it (Direct.defer)
     cvc = card.cvc if card and isinstance(card.cvc, str) else None
     if confirm_now:
-        return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=None,
+        return await _finish_confirm(svc, caller, row, attempt, cvc=cvc, three_ds=None,
                                      respond_status=201), 201
     if p.get("confirm"):  # no method: confirm refuses, naming what is missing
         return await confirm_payment(svc, caller, payment_id, cvc=cvc), 201
@@ -450,15 +450,14 @@ async def _with_attempt(d: Direct, caller: Caller, payment_id: str, attempt_id: 
     if row is None or not in_scope(row, caller.merchant_id, caller.livemode):
         return None
     attempt = unprefixed(row, "a", _ATTEMPT_COLUMNS, payment_attempts)
-    terms = unprefixed(row, "m", _TERMS_COLUMNS, merchants)
+    terms = unprefixed(row, "m", MERCHANT_TERMS, merchants)
     return (decode(row, payments),
             None if attempt["id"] is None else SimpleNamespace(**attempt), terms)
 
 
 _ATTEMPT_COLUMNS = tuple(c.name for c in payment_attempts.columns)
-_TERMS_COLUMNS = ("pricing", "sandbox_clock_offset_s")
 _LOCK_WITH_ATTEMPT = (
-    f"SELECT p.*, {prefixed('a', _ATTEMPT_COLUMNS)}, {prefixed('m', _TERMS_COLUMNS)}"
+    f"SELECT p.*, {prefixed('a', _ATTEMPT_COLUMNS)}, {prefixed('m', MERCHANT_TERMS)}"
     + " FROM payments p JOIN merchants m ON m.id = p.merchant_id"
     " LEFT JOIN payment_attempts a ON a.id = :att"
     " WHERE p.id = :id")  # the scope: ``in_scope`` (its docstring says why)
@@ -498,14 +497,15 @@ async def confirm_payment(
         row = await _lock(tx, caller, payment_id)
         pending = await _pending_attempt(tx, payment_id, ("authorize",))
         three_ds = None
+        attempt: dict[str, Any] | None
         if row["status"] == Status.PROCESSING and pending is not None:
-            attempt_id, three_ds = pending.id, (pending.raw or {}).get("three_ds")
+            attempt, three_ds = vars(pending), (pending.raw or {}).get("three_ds")
         else:
-            row, attempt_id = await _begin_confirm(svc, tx, caller, row, payment_method, card,
-                                                   return_url, now)
+            row, attempt = await _begin_confirm(svc, tx, caller, row, payment_method, card,
+                                                return_url, now)
         if card is not None and isinstance(card.cvc, str):
             cvc = card.cvc
-    return await _finish_confirm(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds,
+    return await _finish_confirm(svc, caller, row, attempt, cvc=cvc, three_ds=three_ds,
                                  respond_status=200)
 
 
@@ -513,10 +513,10 @@ async def _begin_confirm(
     svc: Services, tx: Tx, caller: Caller, row: dict[str, Any],
     payment_method: dict[str, Any] | None, card: CardInput | None, return_url: str | None,
     now: int, *, held: Held | None = None,
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Step 1 of a confirmation, inside the caller's transaction: checks, risk, then the
     pending attempt and ``processing`` (a card), or the voucher (a local method). Returns the
-    row and the attempt id ("" when no acquirer call follows). ``held``: what the caller
+    row and the attempt's row (None when no acquirer call follows). ``held``: what the caller
     holds back (the new payment's insert, say): the caller flushes it, unless a step here
     must write it first (a risk block's hooks, a local method's voucher)."""
     row = await _prepare_confirm(svc, tx, caller, row, payment_method, card, return_url, now,
@@ -525,27 +525,29 @@ async def _begin_confirm(
         if held is not None:  # the hooks read the payment
             await flush(tx, held)
         await _after_payment_change(tx, caller, row, now)
-        return row, ""
+        return row, None
     if row["payment_method_type"] in local_rules.LOCAL_METHODS:
         if held is not None:  # the local path reads and writes more than a status change
             await flush(tx, held)
-        return await _issue_local(svc, tx, caller, row, now), ""
+        return await _issue_local(svc, tx, caller, row, now), None
     attempt = _attempt_row(row, "authorize", row["amount"], now)
     row = await change_status(tx, caller, row, Status.PROCESSING,
                               {"connector": DEFAULT_CONNECTOR}, now=now, action="confirm",
                               writes=[(payment_attempts, attempt)], held=held)
-    return row, str(attempt["id"])
+    return row, attempt
 
 
-async def _finish_confirm(svc: Services, caller: Caller, row: dict[str, Any], attempt_id: str,
-                          *, cvc: str | None, three_ds: str | None,
-                          respond_status: int | None = None) -> dict[str, Any]:
-    """Steps 2 and 3: the acquirer call and its answer (nothing to do without an attempt)."""
-    if not attempt_id:
+async def _finish_confirm(svc: Services, caller: Caller, row: dict[str, Any],
+                          attempt: dict[str, Any] | None, *, cvc: str | None,
+                          three_ds: str | None, respond_status: int | None = None
+                          ) -> dict[str, Any]:
+    """Steps 2 and 3: the acquirer call and its answer (nothing to do without an attempt).
+    ``row`` and ``attempt`` are as the caller's committed transaction left them."""
+    if attempt is None:
         _raise_if_declined(row)
         return payment_view(row)
-    return await _authorize(svc, caller, row, attempt_id, cvc=cvc, three_ds=three_ds,
-                            respond_status=respond_status)
+    return await _authorize(svc, caller, row, str(attempt["id"]), cvc=cvc, three_ds=three_ds,
+                            respond_status=respond_status, known_attempt=attempt)
 
 
 async def _prepare_confirm(
@@ -636,7 +638,10 @@ async def _risk_card_key(tx: Tx, pm_id: str) -> str:
 
 async def _authorize(svc: Services, caller: Caller | None, row: dict[str, Any], attempt_id: str,
                      *, cvc: str | None, three_ds: str | None,
-                     respond_status: int | None = None) -> dict[str, Any]:
+                     respond_status: int | None = None,
+                     known_attempt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The acquirer call and its answer. ``known_attempt``: the attempt's row as committed
+    with ``row`` in this request (the answer then needs no read of them, ``apply_result``)."""
     connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
     card = await _card_data(svc, row["payment_method_id"], cvc)
     req = AuthorizeRequest(reference=attempt_id, payment_id=row["id"], amount=row["amount"],
@@ -649,7 +654,8 @@ async def _authorize(svc: Services, caller: Caller | None, row: dict[str, Any], 
         result = ConnectorResult(Outcome.PENDING, message=f"connector error: {type(exc).__name__}")
     final = await apply_result(svc, caller, row["id"], attempt_id, "authorize", result,
                                merchant_id=row["merchant_id"], livemode=bool(row["livemode"]),
-                               respond_status=respond_status)
+                               respond_status=respond_status,
+                               known=None if known_attempt is None else (row, known_attempt))
     _raise_if_declined(final)
     return payment_view(final)
 
@@ -660,14 +666,18 @@ async def apply_result(
     svc: Services, caller: Caller | None, payment_id: str, attempt_id: str, operation: str,
     result: ConnectorResult, *, merchant_id: str, livemode: bool,
     respond_status: int | None = None,
+    known: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Step 3 of every flow: apply one acquirer answer in one transaction. With
     ``respond_status``, the request's answer (the payment, unless declined) is stored with its
-    idempotency key in the same transaction (``Caller.respond``)."""
+    idempotency key in the same transaction (``Caller.respond``). ``known``: the payment and
+    attempt rows as this request committed them just before the acquirer call (the
+    statement's guards find out if either changed since)."""
     now = svc.now()
     scope = Caller(merchant_id, livemode) if caller is None else caller
     done = await unlocked_first(svc, result, lambda: _apply_unlocked(
-        svc, caller, scope, payment_id, attempt_id, operation, result, now, respond_status))
+        svc, caller, scope, payment_id, attempt_id, operation, result, now, respond_status,
+        known))
     if done is not None:
         return done
     async with svc.db.transaction() as tx:
@@ -704,19 +714,27 @@ async def unlocked_first(svc: Services, result: ConnectorResult,
 async def _apply_unlocked(
     svc: Services, caller: Caller | None, scope: Caller, payment_id: str, attempt_id: str,
     operation: str, result: ConnectorResult, now: int, respond_status: int | None,
+    known: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """PostgreSQL, the common case (a payment ``processing`` with its attempt pending): read
     without a lock, then make the whole answer one statement that commits by itself
     (``Database.transaction(alone=True)``), its balances included, with the payment's update
     checked against the version read and the attempt's against ``pending``. Two round trips
-    instead of BEGIN, the lock, the answer, the balances and COMMIT. ``GuardMissed`` (nothing
-    written) when either changed in between; None when the case is not the common one (the
-    locked path decides)."""
-    async with svc.db.read() as conn:
-        found = await _with_attempt(direct(conn), scope, payment_id, attempt_id, lock=False)
-    if found is None:
-        return None
-    row, attempt, terms = found
+    instead of BEGIN, the lock, the answer, the balances and COMMIT; one when the request
+    itself just committed both rows (``known``) and read the merchant's terms with its key
+    (``Caller.merchant_terms``): the guards check that nothing changed since. ``GuardMissed``
+    (nothing written) when either changed in between; None when the case is not the common
+    one (the locked path decides)."""
+    terms = None if caller is None else caller.merchant_terms
+    if known is not None and terms is not None and known[1]["id"] == attempt_id:
+        row = dict(known[0])
+        attempt: Any = SimpleNamespace(**(dict.fromkeys(_ATTEMPT_COLUMNS) | known[1]))
+    else:
+        async with svc.db.read() as conn:
+            found = await _with_attempt(direct(conn), scope, payment_id, attempt_id, lock=False)
+        if found is None:
+            return None
+        row, attempt, terms = found
     if attempt is None or attempt.status != "pending" or row["status"] != Status.PROCESSING:
         return None
     table, values, where = _finished_attempt(attempt_id, result, now)
