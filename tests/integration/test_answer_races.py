@@ -229,10 +229,11 @@ def _create(services: Any, caller: Caller, order: str) -> Any:
 async def test_the_answer_to_rows_the_request_just_wrote_reads_nothing_and_still_sees_a_change(
         services: Any, shop: Caller, monkeypatch: Any) -> None:
     """A create+confirm's answer applies to the payment and attempt the request committed a
-    moment before and prices with the terms read with its key: on PostgreSQL it reads neither
-    again (one statement, guarded). A real change to the payment while the acquirer works
-    (another connection, committed) makes that statement miss and the locked path apply the
-    answer to the payment as it now is; either way it is posted once."""
+    moment before and prices with the terms read with its key: it reads neither again (on
+    PostgreSQL one statement, guarded; on SQLite a transaction whose guards are checked as
+    written). A real change to the payment while the acquirer works (another connection,
+    committed) makes the guard miss, writing nothing, and the locked path apply the answer to
+    the payment as it now is; either way it is posted once."""
     caller = await _with_terms(services, shop)
     for warm in ("known-warm-1", "known-warm-2"):  # the ledger's account ids cached
         await _create(services, caller, warm)
@@ -246,7 +247,7 @@ async def test_the_answer_to_rows_the_request_just_wrote_reads_nothing_and_still
     monkeypatch.setattr(svc_payments, "_with_attempt", with_attempt)
     quiet, _ = await _create(services, caller, "known-quiet")
     assert quiet["status"] == "succeeded" and quiet["fee"] > 0
-    assert len(reads) == (1 if services.db.is_sqlite else 0)  # SQLite: the locked path
+    assert reads == []
     assert quiet == await svc_payments.get_payment(services, shop, quiet["id"])
 
     sim = services.connectors["simulator"]

@@ -675,9 +675,12 @@ async def apply_result(
     statement's guards find out if either changed since)."""
     now = svc.now()
     scope = Caller(merchant_id, livemode) if caller is None else caller
+    if known is not None and (caller is None or caller.merchant_terms is None
+                              or known[1]["id"] != attempt_id):
+        known = None  # what the answer needs is not all at hand: it reads it
     done = await unlocked_first(svc, result, lambda: _apply_unlocked(
         svc, caller, scope, payment_id, attempt_id, operation, result, now, respond_status,
-        known))
+        known), sqlite=known is not None)
     if done is not None:
         return done
     async with svc.db.transaction() as tx:
@@ -697,13 +700,14 @@ async def apply_result(
 
 
 async def unlocked_first(svc: Services, result: ConnectorResult,
-                         unlocked: Callable[[], Awaitable[dict[str, Any] | None]]
-                         ) -> dict[str, Any] | None:
+                         unlocked: Callable[[], Awaitable[dict[str, Any] | None]], *,
+                         sqlite: bool = False) -> dict[str, Any] | None:
     """An acquirer's final answer on PostgreSQL: ``unlocked`` (read without a lock, written as
     one statement that checks its guards itself) first. None when the locked path must decide:
-    SQLite, a pending outcome, not the common case, or a guard that missed (the row changed
-    since it was read; nothing was written)."""
-    if svc.db.is_sqlite or result.outcome == Outcome.PENDING:
+    SQLite (unless ``sqlite``: ``unlocked`` reads nothing, so it saves a read there too), a
+    pending outcome, not the common case, or a guard that missed (the row changed since it was
+    read; nothing was written)."""
+    if (svc.db.is_sqlite and not sqlite) or result.outcome == Outcome.PENDING:
         return None
     try:
         return await unlocked()
@@ -722,12 +726,13 @@ async def _apply_unlocked(
     checked against the version read and the attempt's against ``pending``. Two round trips
     instead of BEGIN, the lock, the answer, the balances and COMMIT; one when the request
     itself just committed both rows (``known``) and read the merchant's terms with its key
-    (``Caller.merchant_terms``): the guards check that nothing changed since. ``GuardMissed``
-    (nothing written) when either changed in between; None when the case is not the common
-    one (the locked path decides)."""
-    terms = None if caller is None else caller.merchant_terms
-    if known is not None and terms is not None and known[1]["id"] == attempt_id:
-        row = dict(known[0])
+    (``Caller.merchant_terms``): the guards check that nothing changed since. With ``known``
+    SQLite comes here too (an ordinary transaction under its write lock, its guards checked
+    as they are written): the locked path's read saved. ``GuardMissed`` (nothing written)
+    when either changed in between; None when the case is not the common one (the locked
+    path decides)."""
+    if known is not None and caller is not None and caller.merchant_terms is not None:
+        row, terms = dict(known[0]), caller.merchant_terms
         attempt: Any = SimpleNamespace(**(dict.fromkeys(_ATTEMPT_COLUMNS) | known[1]))
     else:
         async with svc.db.read() as conn:
