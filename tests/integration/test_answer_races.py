@@ -276,3 +276,57 @@ async def _attempt_of(services: Any, payment_id: str) -> str:
     async with services.db.read() as conn:
         return str((await conn.execute(select(payment_attempts.c.id).where(
             payment_attempts.c.payment_id == payment_id))).scalar_one())
+
+
+@pytest.mark.parametrize("operation", ["capture", "void"])
+async def test_a_capture_or_void_answers_the_rows_it_just_wrote_and_sees_a_change(
+        services: Any, shop: Caller, monkeypatch: Any, operation: str) -> None:
+    """A capture's or a void's first transaction inserts its attempt and makes the payment
+    ``processing`` (one statement on PostgreSQL); the answer applies to those rows as
+    committed, reading neither again. An edit while the acquirer works makes its guard miss
+    and the locked path apply it to the payment as it now is, once."""
+    caller = await _with_terms(services, shop)
+    held = []
+    for order in (f"{operation}-quiet", f"{operation}-edited"):
+        view, _ = await svc_payments.create_payment(services, caller, {
+            "amount": 1800, "currency": "USD", "merchant_order_id": order, "confirm": True,
+            "capture_method": "manual", "payment_method": {"type": "card"}},
+            svc_payments.CardInput(VISA, 12, 2034, "123"))
+        assert view["status"] == "requires_capture"
+        held.append(view)
+    act = (svc_payments.capture_payment if operation == "capture"
+           else svc_payments.cancel_payment)
+    reads: list[bool] = []
+    real_with_attempt = svc_payments._with_attempt
+
+    async def with_attempt(*a: Any, lock: bool) -> Any:
+        reads.append(lock)
+        return await real_with_attempt(*a, lock=lock)
+
+    monkeypatch.setattr(svc_payments, "_with_attempt", with_attempt)
+    quiet = await act(services, caller, held[0]["id"])
+    final = "succeeded" if operation == "capture" else "canceled"
+    assert quiet["status"] == final and reads == []
+    assert quiet == await svc_payments.get_payment(services, shop, held[0]["id"])
+
+    sim = services.connectors["simulator"]
+    real_call = getattr(sim, operation)
+    edited_id = held[1]["id"]
+
+    async def call_while_someone_edits(*args: Any) -> Any:
+        async with services.db.transaction() as other:
+            await other.execute(update(payments).where(payments.c.id == edited_id)
+                                .values(version=payments.c.version + 1,
+                                        description="edited meanwhile"))
+        return await real_call(*args)
+
+    monkeypatch.setattr(sim, operation, call_while_someone_edits)
+    edited = await act(services, caller, edited_id)
+    monkeypatch.undo()
+    assert edited["status"] == final and edited["description"] == "edited meanwhile"
+    assert edited["version"] == quiet["version"] + 1  # theirs, then the answer
+    assert reads == [not services.db.is_sqlite]  # the locked path's read, after the miss
+    kinds = ["authorization", "capture" if operation == "capture" else "release"]
+    for pid in (held[0]["id"], edited_id):
+        assert [j["kind"] for j in await journals_for(services, pid)] == kinds
+    assert not await ledger_problems(services)

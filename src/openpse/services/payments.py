@@ -916,7 +916,7 @@ async def capture_payment(svc: Services, caller: Caller, payment_id: str,
         row = await _lock(tx, caller, payment_id)
         pending = await _pending_attempt(tx, payment_id, ("capture",))
         if row["status"] == Status.PROCESSING and pending is not None:  # resume after a crash
-            attempt_id, amt = pending.id, int(pending.amount)
+            attempt = vars(pending)
         else:
             assert_transition(payment_id, row["status"], Status.SUCCEEDED, action="capture")
             if row["status"] != Status.REQUIRES_CAPTURE:
@@ -928,18 +928,35 @@ async def capture_payment(svc: Services, caller: Caller, payment_id: str,
                 raise InvalidRequest(
                     f"amount {amt} is more than the {row['amount_capturable']} authorized",
                     code="amount_too_large", param="amount")
-            attempt_id = await _new_attempt(tx, row, "capture", amt, now)
-            row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
-                                      action="capture", event_type=None)
-    return await _run_simple(svc, caller, row, attempt_id, "capture", amt, respond_status=200)
+            row, attempt = await _to_processing(tx, caller, row, "capture", amt, now,
+                                                action="capture")
+    return await _run_simple(svc, caller, row, attempt, "capture", respond_status=200)
+
+
+async def _to_processing(tx: Tx, caller: Caller, row: dict[str, Any], operation: str,
+                         amount: int, now: int, *, action: str,
+                         raw: dict[str, Any] | None = None
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A capture's or a void's first step on a locked payment: its pending attempt inserted
+    and the payment ``processing`` (no event), one statement on PostgreSQL. Returns both
+    rows as committed with the transaction (``_run_simple`` applies the answer to them)."""
+    attempt = _attempt_row(row, operation, amount, now, raw=raw)
+    held = Held(keep=True)
+    row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now, action=action,
+                              event_type=None, writes=[(payment_attempts, attempt)], held=held)
+    await flush(tx, held)
+    return row, attempt
 
 
 async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
-                      attempt_id: str, operation: str, amount: int, *,
-                      respond_status: int | None = None) -> dict[str, Any]:
-    """A capture's or a void's acquirer call (``amount``: the attempt's) and its answer (with
-    ``respond_status``, the request's answer stored with its key in the answer's transaction,
-    as ``apply_result``)."""
+                      attempt: dict[str, Any], operation: str, *,
+                      respond_status: int | None = None, known: bool = True
+                      ) -> dict[str, Any]:
+    """A capture's or a void's acquirer call and its answer (with ``respond_status``, the
+    request's answer stored with its key in the answer's transaction, as ``apply_result``).
+    ``known``: ``row`` and ``attempt`` are as the caller's transaction committed them (the
+    answer then reads neither again; its guards check that neither changed since)."""
+    attempt_id, amount = str(attempt["id"]), int(attempt["amount"])
     connector = svc.connectors[row["connector"] or DEFAULT_CONNECTOR]
     try:
         if operation == "capture":
@@ -951,7 +968,8 @@ async def _run_simple(svc: Services, caller: Caller | None, row: dict[str, Any],
         result = ConnectorResult(Outcome.PENDING, message=f"connector error: {type(exc).__name__}")
     final = await apply_result(svc, caller, row["id"], attempt_id, operation, result,
                                merchant_id=row["merchant_id"], livemode=bool(row["livemode"]),
-                               respond_status=respond_status)
+                               respond_status=respond_status,
+                               known=(row, attempt) if known else None)
     return payment_view(final)
 
 
@@ -978,11 +996,9 @@ async def cancel_payment(svc: Services, caller: Caller, payment_id: str,
             view = payment_view(new)
             await caller.store_answer(tx, 200, view)  # the answer commits with the cancellation
             return view
-        attempt_id = await _new_attempt(tx, row, "void", 0, now,
-                                        raw={"cancellation_reason": reason})
-        row = await change_status(tx, caller, row, Status.PROCESSING, {}, now=now,
-                                  action="cancel", event_type=None)
-    return await _run_simple(svc, caller, row, attempt_id, "void", 0, respond_status=200)
+        row, attempt = await _to_processing(tx, caller, row, "void", 0, now, action="cancel",
+                                            raw={"cancellation_reason": reason})
+    return await _run_simple(svc, caller, row, attempt, "void", respond_status=200)
 
 
 # ---- recovery -----------------------------------------------------------------------------
@@ -1006,7 +1022,8 @@ async def resolve_attempt(svc: Services, attempt: Any) -> None:
             pass
         return
     if result is None:
-        await _run_simple(svc, None, prow, attempt.id, attempt.operation, int(attempt.amount))
+        await _run_simple(svc, None, prow, {"id": attempt.id, "amount": attempt.amount},
+                          attempt.operation, known=False)
         return
     await apply_result(svc, None, prow["id"], attempt.id, attempt.operation, result,
                        merchant_id=prow["merchant_id"], livemode=bool(prow["livemode"]))
