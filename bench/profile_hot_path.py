@@ -156,7 +156,9 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
         elif a.profile == "pyinstrument":
             prof.stop()
             print(prof.output_text(unicode=False, show_all=False))
-    return {"scenario": a.scenario,
+    import openpse
+
+    return {"scenario": a.scenario, "code": os.path.dirname(openpse.__file__),
             "database": settings.resolved_database_url().split(":", 1)[0], "requests": a.n,
             "cpu_ms_per_request": round(cpu / a.n * 1000, 3),
             "wall_ms_per_request": round(wall / a.n * 1000, 3),

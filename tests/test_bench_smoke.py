@@ -120,3 +120,23 @@ def test_bench_smoke(db_url: str, tmp_path: Path) -> None:
     assert scale == pytest.approx(loaded["throughput_per_s"] / empty["throughput_per_s"],
                                   rel=1e-3)
     assert rows["create_confirm"]["vs"]
+
+
+def test_ab_pairs_smoke(db_url: str, tmp_path: Path) -> None:
+    """``bench/ab.py`` with this tree on both sides (``--base-tree``): each pair runs both at
+    once on databases of their own (dropped after), checks that each imported its own tree's
+    code, and reports ratios that are the quotients of the figures it reports."""
+    out = tmp_path / "ab.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "ab.py"), "--base-tree", str(ROOT),
+           "--database", BACKEND, "--pg-admin-url", PG_BASE_URL, "-n", "20",
+           "--pairs", "2", "--json", str(out)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    data = json.loads(out.read_text(), parse_constant=_reject_constant)
+    assert [p["first"] for p in data["pairs"]] == ["old", "new"]
+    for p in data["pairs"]:
+        assert p["old_cpu_ms"] > 0 and p["new_cpu_ms"] > 0, p
+        assert p["cpu_ratio"] == pytest.approx(p["new_cpu_ms"] / p["old_cpu_ms"], abs=2e-3)
+    assert data["cpu_ratio_geomean"] == pytest.approx(
+        math.sqrt(data["pairs"][0]["cpu_ratio"] * data["pairs"][1]["cpu_ratio"]), abs=2e-3)
+    assert "| pair | started first |" in res.stdout
