@@ -6,10 +6,12 @@
 On a shared two-core machine the speed can change by half within minutes, so alternating old
 and new runs (or HTTP phases) cannot resolve a change of a few per cent. Here each *pair* runs
 the old and the new code at the same time, each in its own process with its own fresh database
-(`bench/profile_hot_path.py`: the real ASGI app, one request at a time), so whatever slows the
-machine slows both. Pairs alternate which one starts first. Two runs of the same code this way
-differed by 1-5 % (2026-12-07): read a ratio as a change only beyond that (``--base HEAD``
-measures it).
+(`bench/profile_hot_path.py`: the real ASGI app, one request at a time), both measuring from
+the moment both have warmed up (``--barrier``), so whatever slows the machine slows both.
+Pairs alternate which one starts first (the position alone moved a pair's ratio by up to 8 %;
+the geometric mean over both orders cancels it): the same code on both sides gave 0.97 and
+1.00 over two pairs each (2026-12-07). Read a mean as a change only beyond a few per cent
+(``--base-tree`` this tree, or ``--base HEAD``, measures the noise of the hour).
 
 The old code is a ``git worktree`` of ``--base`` (made once, under the system's temporary
 directory); both run with this tree's virtual environment and this tree's profiling script,
@@ -56,8 +58,9 @@ async def _admin(sql: str, pg_url: str) -> None:
         await conn.close()
 
 
-async def _one(tree: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """One profiling run of ``tree``'s code on a database of its own, created and dropped."""
+async def _one(tree: Path, a: argparse.Namespace, barrier: Path) -> dict[str, Any]:
+    """One profiling run of ``tree``'s code on a database of its own, created and dropped;
+    it measures once the pair's other run is ready too (``barrier``)."""
     name = f"openpse_ab_{uuid.uuid4().hex[:10]}"
     scratch = Path(tempfile.mkdtemp(prefix="openpse-ab-"))
     if a.database == "postgresql":
@@ -69,7 +72,7 @@ async def _one(tree: Path, a: argparse.Namespace) -> dict[str, Any]:
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(ROOT / "bench" / "profile_hot_path.py"), "--database-url", url,
-            "-n", str(a.n), "--scenario", a.scenario, env=env,
+            "-n", str(a.n), "--scenario", a.scenario, "--barrier", str(barrier), env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()
         if proc.returncode != 0:
@@ -95,10 +98,12 @@ async def _pairs(base: Path, new: Path, a: argparse.Namespace) -> list[dict[str,
     for i in range(a.pairs):
         old_first = i % 2 == 0
         first, second = (base, new) if old_first else (new, base)
-        one = asyncio.create_task(_one(first, a))
+        barrier = Path(tempfile.mkdtemp(prefix="openpse-ab-barrier-"))
+        one = asyncio.create_task(_one(first, a, barrier))
         await asyncio.sleep(0)  # let the first start first
-        two = asyncio.create_task(_one(second, a))
+        two = asyncio.create_task(_one(second, a, barrier))
         old, cur = (await one, await two) if old_first else (await two, await one)
+        shutil.rmtree(barrier, ignore_errors=True)
         rows.append({"pair": i + 1, "first": "old" if old_first else "new",
                      "old_cpu_ms": old["cpu_ms_per_request"],
                      "new_cpu_ms": cur["cpu_ms_per_request"],
@@ -144,7 +149,7 @@ def main() -> None:
         print(f"| {r['pair']} | {r['first']} | {r['old_cpu_ms']} | {r['new_cpu_ms']} "
               f"| {r['cpu_ratio']} | {r['wall_ratio']} |")
     print(f"new/old server CPU per request, geometric mean: {summary['cpu_ratio_geomean']} "
-          f"(wall {summary['wall_ratio_geomean']}); the same code differed by 1-5 % this way")
+          f"(wall {summary['wall_ratio_geomean']}); the same code gave 0.97-1.00")
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2))
 

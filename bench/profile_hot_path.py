@@ -131,6 +131,8 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
                "checkout": checkout, "capture": capture}[a.scenario]
         for i in range(a.warmup):
             await run(10**6 + i)
+        if a.barrier:
+            await _meet(Path(a.barrier), a.parties)
         statements[0] = 0
         prof: Any = None
         if a.profile == "cprofile":
@@ -165,6 +167,26 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
             "statements_per_request": round(statements[0] / a.n, 1) if a.sql else None,
             "gc_ms_per_request": round(gc_time.seconds / a.n * 1000, 4),
             "gc_collections": gc_time.collections}
+
+
+async def _meet(where: Path, parties: int, timeout_s: float = 600.0) -> None:
+    """Wait until ``parties`` runs (this one included) are ready to measure: each leaves a file
+    in ``where`` (``bench/ab.py`` starts two at once; their set-up takes different times)."""
+    _arrive(where)
+    deadline = time.monotonic() + timeout_s
+    while _arrived(where) < parties:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the other runs never reached {where}")
+        await asyncio.sleep(0.01)
+
+
+def _arrive(where: Path) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / str(os.getpid())).touch()
+
+
+def _arrived(where: Path) -> int:
+    return len(list(where.iterdir()))
 
 
 class _GcTime:
@@ -205,6 +227,9 @@ def main() -> None:
     ap.add_argument("--no-settle", action="store_true",
                     help="skip bootstrap.settle_heap (the collector's freeze `serve` does)")
     ap.add_argument("--sql-log", action="store_true", help="print the statements (use -n 1)")
+    ap.add_argument("--barrier", help="a directory: after the warm-up, wait there until "
+                                      "--parties runs are ready, then measure (bench/ab.py)")
+    ap.add_argument("--parties", type=int, default=2)
     a = ap.parse_args()
     data_dir = tempfile.mkdtemp(prefix="openpse-prof-")
     os.environ.update(OPENPSE_DATABASE_URL=a.database_url, OPENPSE_MASTER_KEY=MASTER_KEY,
