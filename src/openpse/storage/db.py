@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
@@ -148,12 +149,14 @@ class Database:
                                                  timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
             self.engine = create_async_engine(
                 url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S,
+                json_deserializer=orjson.loads,
                 async_creator=inline_creator(
                     path, None if self._file_lock is None else self._file_lock.release),
             )
             self.read_engine = create_async_engine(
                 url,
                 echo=echo,
+                json_deserializer=orjson.loads,
                 pool_size=SQLITE_READERS,
                 max_overflow=0,
                 pool_timeout=SQLITE_POOL_TIMEOUT_S,
@@ -165,6 +168,9 @@ class Database:
             self.engine = create_async_engine(
                 url,
                 echo=echo,
+                # JSON columns read through SQLAlchemy decoded as the direct path decodes
+                # them (orjson: a payment method 3.5 -> 1.0 us against the standard library).
+                json_deserializer=orjson.loads,
                 pool_size=PG_POOL_SIZE,
                 max_overflow=PG_POOL_OVERFLOW,
                 # A ping costs three round trips (SQLAlchemy's asyncpg ping opens a
