@@ -219,6 +219,20 @@ async def _with_terms(services: Any, shop: Caller) -> Caller:
         "pricing": got.pricing, "sandbox_clock_offset_s": got.sandbox_clock_offset_s})
 
 
+def _count_answer_reads(monkeypatch: Any) -> list[bool]:
+    """From now on, each read of a payment with its attempt before an answer
+    (``_with_attempt``) is recorded: its ``lock`` flag (the locked path's read on PostgreSQL)."""
+    reads: list[bool] = []
+    real_with_attempt = svc_payments._with_attempt
+
+    async def with_attempt(*a: Any, lock: bool) -> Any:
+        reads.append(lock)
+        return await real_with_attempt(*a, lock=lock)
+
+    monkeypatch.setattr(svc_payments, "_with_attempt", with_attempt)
+    return reads
+
+
 def _create(services: Any, caller: Caller, order: str) -> Any:
     return svc_payments.create_payment(services, caller, {
         "amount": 1700, "currency": "USD", "merchant_order_id": order, "confirm": True,
@@ -237,14 +251,7 @@ async def test_the_answer_to_rows_the_request_just_wrote_reads_nothing_and_still
     caller = await _with_terms(services, shop)
     for warm in ("known-warm-1", "known-warm-2"):  # the ledger's account ids cached
         await _create(services, caller, warm)
-    reads: list[bool] = []
-    real_with_attempt = svc_payments._with_attempt
-
-    async def with_attempt(*a: Any, lock: bool) -> Any:
-        reads.append(lock)
-        return await real_with_attempt(*a, lock=lock)
-
-    monkeypatch.setattr(svc_payments, "_with_attempt", with_attempt)
+    reads = _count_answer_reads(monkeypatch)
     quiet, _ = await _create(services, caller, "known-quiet")
     assert quiet["status"] == "succeeded" and quiet["fee"] > 0
     assert reads == []
@@ -296,14 +303,7 @@ async def test_a_capture_or_void_answers_the_rows_it_just_wrote_and_sees_a_chang
         held.append(view)
     act = (svc_payments.capture_payment if operation == "capture"
            else svc_payments.cancel_payment)
-    reads: list[bool] = []
-    real_with_attempt = svc_payments._with_attempt
-
-    async def with_attempt(*a: Any, lock: bool) -> Any:
-        reads.append(lock)
-        return await real_with_attempt(*a, lock=lock)
-
-    monkeypatch.setattr(svc_payments, "_with_attempt", with_attempt)
+    reads = _count_answer_reads(monkeypatch)
     quiet = await act(services, caller, held[0]["id"])
     final = "succeeded" if operation == "capture" else "canceled"
     assert quiet["status"] == final and reads == []
