@@ -385,3 +385,44 @@ async def test_trusted_proxy_forwarded_for_outside_allowlist_is_refused(services
     kit = await new_merchant(services, proxied_server.base_url, ip_allowlist=["198.51.100.0/24"])
     res = kit.raw().get("/v1/account", headers={"X-Forwarded-For": "203.0.113.9"})
     assert_error(res, 403, "permission_error", "ip_not_allowed")
+
+
+@pytest.mark.parametrize("action", ["capture", "cancel"])
+def test_a_capture_or_cancel_carries_its_claim_in_its_lock_and_still_refuses_a_replay(
+        merchant, action):
+    """A capture's or cancel's nonce and key ride in the statement that locks the payment
+    (PostgreSQL, ``Direct.fetchone(carry=True)``): the very same signed request again is a
+    replayed nonce, a fresh signature with the key replays the answer, and the acquirer acted
+    once; for an unknown payment the claim is written with the 404 all the same."""
+    raw = merchant.raw()
+    paid = raw.post("/v1/payments", payment_body(VISA, order=f"carry-{action}",
+                                                 capture_method="manual"))
+    assert paid.status_code == 201 and paid.json()["status"] == "requires_capture", paid.text
+    pid = paid.json()["id"]
+    body = encode({})
+    url = f"{merchant.base_url}/v1/payments/{pid}/{action}"
+    key = f"carry-{action}-{pid}"
+    headers = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
+    headers |= {"Content-Type": "application/json", "Idempotency-Key": key}
+    first = httpx.post(url, content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == ("succeeded" if action == "capture" else "canceled")
+    assert_error(httpx.post(url, content=body, headers=headers), 401, AUTH, "replayed_nonce")
+    again = sign_headers("POST", url, body, merchant.access_key, merchant.secret)
+    again |= {"Content-Type": "application/json", "Idempotency-Key": key}
+    replayed = httpx.post(url, content=body, headers=again)
+    assert replayed.status_code == 200 and replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.content == first.content
+    events = raw.get(f"/v1/events?object_id={pid}&limit=100").json()["data"]
+    final = "payment.succeeded" if action == "capture" else "payment.canceled"
+    assert [e["type"] for e in events].count(final) == 1
+
+    missing_url = f"{merchant.base_url}/v1/payments/pay_missing{action}/{action}"
+    headers = sign_headers("POST", missing_url, body, merchant.access_key, merchant.secret)
+    headers |= {"Content-Type": "application/json", "Idempotency-Key": f"{key}-missing"}
+    gone = httpx.post(missing_url, content=body, headers=headers)
+    assert_error(gone, 404, "invalid_request_error", "resource_missing")
+    again = sign_headers("POST", missing_url, body, merchant.access_key, merchant.secret)
+    again |= {"Content-Type": "application/json", "Idempotency-Key": f"{key}-missing"}
+    replayed = httpx.post(missing_url, content=body, headers=again)
+    assert replayed.status_code == 404 and replayed.headers.get("idempotent-replayed") == "true"

@@ -112,6 +112,7 @@ class _FoldingHook(_Hook):
     def __init__(self, ref: str) -> None:
         super().__init__(ref)
         self.folded_row: dict[str, Any] | None = None
+        self.joined_row: dict[str, Any] | None = None
 
     def fold(self) -> tuple[str, dict[str, Any]]:
         return ("f AS (INSERT INTO simulator_operations (reference, operation, amount, currency,"
@@ -126,6 +127,9 @@ class _FoldingHook(_Hook):
         if self.ref in (getattr(exc.orig, "detail", None) or ""):  # its own row's key
             self.state = "lost"
             raise _Lost from exc
+
+    def joined(self, row: Any) -> None:
+        self.joined_row = dict(row)
 
 
 _MAIN = ("INSERT INTO simulator_operations (reference, operation, amount, currency, result, "
@@ -371,3 +375,48 @@ async def test_an_answer_stored_in_a_unit_that_rolled_back_is_not_taken_as_store
             assert got.stored is not None and got.stored[2] == b'{"a":2}'
             raise _Boom
     assert got.stored == first  # the committed answer, not the one rolled back
+
+
+_READ = ("SELECT reference, amount FROM simulator_operations WHERE reference = :ref"
+         " FOR UPDATE")
+
+
+@pytest.mark.parametrize("exists", [True, False])
+async def test_the_units_first_read_carries_a_deferred_first_write(services: Any,
+                                                                   exists: bool) -> None:
+    """``fetchone(carry=True)`` as the unit's first statement: on PostgreSQL BEGIN, then the
+    read with the first write's CTEs in front (``joined`` gets its row), the unit still open
+    for more; a read that finds nothing still writes it. On SQLite the first write runs first,
+    as before. Either way it commits with the unit."""
+    hook_ref, ref, later = (f"{p}-{uuid.uuid4().hex}" for p in ("hook", "read", "later"))
+    if exists:
+        async with services.db.transaction() as tx:
+            await direct(tx).insert(simulator_operations, _op(ref))
+    hook = _FoldingHook(hook_ref)
+    with first_write(hook):
+        async with services.db.transaction() as tx:
+            got = await direct(tx).fetchone(_READ.replace(
+                " FOR UPDATE", "" if services.db.is_sqlite else " FOR UPDATE"),
+                {"ref": ref}, carry=True)
+            assert got == ({"reference": ref, "amount": 100} if exists else None)
+            await direct(tx).insert(simulator_operations, _op(later))  # the unit goes on
+    assert hook.state == "committed"
+    assert hook.joined_row == (None if services.db.is_sqlite else {"reference": hook_ref})
+    assert await _count(services, hook_ref, later) == 2
+
+
+async def test_a_taken_first_write_stops_the_carrying_read_and_its_unit(services: Any) -> None:
+    hook_ref, ref = f"hook-{uuid.uuid4().hex}", f"read-{uuid.uuid4().hex}"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(simulator_operations, _op(hook_ref))
+    hook = _FoldingHook(hook_ref)
+    with first_write(hook), pytest.raises((_Lost, IntegrityError)):
+        async with services.db.transaction() as tx:
+            await direct(tx).fetchone(_READ.replace(
+                " FOR UPDATE", "" if services.db.is_sqlite else " FOR UPDATE"),
+                {"ref": ref}, carry=True)
+            await direct(tx).insert(simulator_operations, _op(ref))
+    assert hook.state in ("lost", "pending") and await _count(services, ref) == 0
+    async with services.db.transaction() as tx:  # the connection is usable, nothing is open
+        await direct(tx).insert(simulator_operations, _op(ref))
+    assert await _count(services, hook_ref, ref) == 2

@@ -184,6 +184,11 @@ class DeferredClaim:
         self.state = "committed"
         self.nonce = None
 
+    def joined(self, row: Any) -> None:
+        """The unit's first read carried the claim (``Direct.fetchone(carry=True)``): written
+        in the unit's transaction, which is still open, as after ``run``."""
+        self.record_id = int(row["id"])
+
     def fold_failed(self, exc: IntegrityError) -> None:
         """The carrying statement stopped on a unique violation: the nonce's (a replay) or
         the key's (taken: answered through the usual claim) raise as ``run`` does; another

@@ -425,7 +425,7 @@ async def _lock_with_pending(tx: Tx, caller: Caller, payment_id: str, operation:
     attempt (attribute access, or None): what a confirm or a capture resumes after a crash."""
     d = direct(tx)
     sql = _LOCK_WITH_PENDING + ("" if d.is_sqlite else " FOR UPDATE OF p")
-    row = await d.fetchone(sql, {"id": payment_id, "op": operation})
+    row = await d.fetchone(sql, {"id": payment_id, "op": operation}, carry=True)
     if row is None or not in_scope(row, caller.merchant_id, caller.livemode):
         raise missing("payment", payment_id)
     attempt = unprefixed(row, "a", _ATTEMPT_COLUMNS, payment_attempts)

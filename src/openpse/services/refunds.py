@@ -114,7 +114,7 @@ async def _lock_payment(tx: Tx, caller: Caller, payment_id: str, now: int
     merchant's clock (``services.clock.merchant_now``): one statement."""
     d = direct(tx)
     sql = _LOCK_PAYMENT if d.is_sqlite else _LOCK_PAYMENT + " FOR UPDATE OF p"
-    row = await d.fetchone(sql, {"id": payment_id}, table=payments)
+    row = await d.fetchone(sql, {"id": payment_id}, table=payments, carry=True)
     if row is None or not in_scope(row, caller.merchant_id, caller.livemode):
         raise missing("payment", payment_id, "payment")
     offset = int(row.pop("clock_offset_s") or 0)

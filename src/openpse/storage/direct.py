@@ -215,7 +215,9 @@ class Foldable(Protocol):
     ``run`` it in the unit's transaction, or ``fold`` it into the unit's only write: CTEs
     (``n``, ..., and ``f`` returning one row) and their parameters, whose names must not
     clash with the statement's (prefix them); then ``folded`` with ``f``'s row, or
-    ``fold_failed`` with the unique violation that stopped the statement (it raises)."""
+    ``fold_failed`` with the unique violation that stopped the statement (it raises). Carried
+    by the unit's first read instead (``Direct.fetchone(carry=True)``): ``joined`` with ``f``'s
+    row, the unit still open, as after ``run``."""
 
     async def run(self, tx: AsyncConnection) -> None: ...
 
@@ -224,6 +226,8 @@ class Foldable(Protocol):
     def folded(self, row: Any) -> None: ...
 
     def fold_failed(self, exc: IntegrityError) -> None: ...
+
+    def joined(self, row: Any) -> None: ...
 
 
 # What a statement that runs alone (``Direct.execute_guarded``) casts to an integer when a guard
@@ -529,9 +533,43 @@ class Direct:
         return [decode(dict(r), table) for r in records]
 
     async def fetchone(self, sql: str, params: Mapping[str, Any] | None = None, *,
-                       table: Table | None = None) -> dict[str, Any] | None:
+                       table: Table | None = None, carry: bool = False
+                       ) -> dict[str, Any] | None:
+        """One row or None. ``carry``: if this is the unit's first statement and its first
+        write waits for it (PostgreSQL, ``defer``: a deferred idempotency claim), BEGIN, then
+        this read with that write's CTEs in front: one round trip fewer than BEGIN, the write,
+        the read. ``sql`` must be one row's SELECT (a locking one too) without a WITH."""
+        if (carry and self._lite is None and not self._sealed and self._deferred is not None
+                and self._deferred[1] is not None and not sql.startswith("WITH")):
+            return await self._carried(sql, params or {}, table)
         rows = await self.fetchall(sql, params, table=table)
         return rows[0] if rows else None
+
+    async def _carried(self, sql: str, params: Mapping[str, Any], table: Table | None
+                       ) -> dict[str, Any] | None:
+        """``fetchone(carry=True)``: the first write's ``f`` is one row, so the read joins it
+        from the right (``f`` LEFT JOIN the read): a row even when the read finds none."""
+        assert self._deferred is not None
+        (_, first), self._deferred = self._deferred, None
+        assert first is not None
+        await self.begin_unit()
+        ctes, first_params = first.fold()
+        text = (f'WITH {ctes} SELECT to_json(f) AS "f__row", q.* FROM f '
+                f"LEFT JOIN ({sql}) q ON true")
+        merged = {**params, **first_params}
+        pg, names = _pg(text)
+        try:
+            record = await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
+        except _PG_INTEGRITY as exc:
+            err = IntegrityError(text, merged, exc)
+            first.fold_failed(err)  # raises for its own tables
+            raise err from exc
+        row = dict(record)
+        first_row = row.pop("f__row")  # decoded already where the connection has a JSON codec
+        first.joined(orjson.loads(first_row) if isinstance(first_row, str | bytes) else first_row)
+        if all(v is None for v in row.values()):
+            return None  # the read found nothing (each of its rows has a non-null key)
+        return decode(row, table)
 
     async def insert(self, table: Table, row: Mapping[str, Any]) -> None:
         """Insert one row given as column -> value (JSON columns as Python values)."""

@@ -24,7 +24,7 @@ async def load_scoped(
     d = direct(tx)
     # SQLite: the single writer already serialises; PostgreSQL: lock the row.
     sql = _LOCKED.format(table.name) if lock and not d.is_sqlite else _PLAIN.format(table.name)
-    row = await d.fetchone(sql, {"id": object_id}, table=table)
+    row = await d.fetchone(sql, {"id": object_id}, table=table, carry=lock)
     if row is None or not in_scope(row, merchant_id, livemode):
         raise missing(what, object_id, param)
     return row
