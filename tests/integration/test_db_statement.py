@@ -136,6 +136,12 @@ _MAIN = ("INSERT INTO simulator_operations (reference, operation, amount, curren
          "created) VALUES (:ref, 'sale', 100, 'JPY', :result, 1)")
 
 
+def _read(services: Any) -> str:
+    """One row's locking read (SQLite: its one writer serialises; no FOR UPDATE there)."""
+    return ("SELECT reference, amount FROM simulator_operations WHERE reference = :ref"
+            + ("" if services.db.is_sqlite else " FOR UPDATE"))
+
+
 def _main(ref: str) -> dict[str, Any]:
     return {"ref": ref, "result": json_param({"outcome": "captured"})}
 
@@ -155,14 +161,23 @@ async def test_the_units_last_write_carries_a_deferred_first_write(services: Any
     assert hook.folded_row == (None if services.db.is_sqlite else {"reference": hook_ref})
 
 
-async def test_a_taken_first_write_stops_the_last_write_with_it(services: Any) -> None:
+@pytest.mark.parametrize("carrier", ["the last write", "the first read"])
+async def test_a_taken_first_write_stops_the_statement_carrying_it_and_its_unit(
+        services: Any, carrier: str) -> None:
+    """The first write's own row is taken: the statement that carries it (the unit's last
+    write, ``execute_guarded(last=True)``, or its first read, ``fetchone(carry=True)``) stops
+    with nothing of the unit written, and the connection stays usable."""
     hook_ref, ref = f"hook-{uuid.uuid4().hex}", f"stmt-{uuid.uuid4().hex}"
     async with services.db.transaction() as tx:
         await direct(tx).insert(simulator_operations, _op(hook_ref))
     hook = _FoldingHook(hook_ref)
     with first_write(hook), pytest.raises((_Lost, IntegrityError)):
         async with services.db.transaction() as tx:
-            await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
+            if carrier == "the last write":
+                await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
+            else:
+                await direct(tx).fetchone(_read(services), {"ref": ref}, carry=True)
+                await direct(tx).insert(simulator_operations, _op(ref))
     assert await _count(services, ref) == 0 and hook.state in ("lost", "pending")
     async with services.db.transaction() as tx:  # the connection is usable, nothing is open
         await direct(tx).insert(simulator_operations, _op(ref))
@@ -377,10 +392,6 @@ async def test_an_answer_stored_in_a_unit_that_rolled_back_is_not_taken_as_store
     assert got.stored == first  # the committed answer, not the one rolled back
 
 
-_READ = ("SELECT reference, amount FROM simulator_operations WHERE reference = :ref"
-         " FOR UPDATE")
-
-
 @pytest.mark.parametrize("exists", [True, False])
 async def test_the_units_first_read_carries_a_deferred_first_write(services: Any,
                                                                    exists: bool) -> None:
@@ -395,28 +406,9 @@ async def test_the_units_first_read_carries_a_deferred_first_write(services: Any
     hook = _FoldingHook(hook_ref)
     with first_write(hook):
         async with services.db.transaction() as tx:
-            got = await direct(tx).fetchone(_READ.replace(
-                " FOR UPDATE", "" if services.db.is_sqlite else " FOR UPDATE"),
-                {"ref": ref}, carry=True)
+            got = await direct(tx).fetchone(_read(services), {"ref": ref}, carry=True)
             assert got == ({"reference": ref, "amount": 100} if exists else None)
             await direct(tx).insert(simulator_operations, _op(later))  # the unit goes on
     assert hook.state == "committed"
     assert hook.joined_row == (None if services.db.is_sqlite else {"reference": hook_ref})
     assert await _count(services, hook_ref, later) == 2
-
-
-async def test_a_taken_first_write_stops_the_carrying_read_and_its_unit(services: Any) -> None:
-    hook_ref, ref = f"hook-{uuid.uuid4().hex}", f"read-{uuid.uuid4().hex}"
-    async with services.db.transaction() as tx:
-        await direct(tx).insert(simulator_operations, _op(hook_ref))
-    hook = _FoldingHook(hook_ref)
-    with first_write(hook), pytest.raises((_Lost, IntegrityError)):
-        async with services.db.transaction() as tx:
-            await direct(tx).fetchone(_READ.replace(
-                " FOR UPDATE", "" if services.db.is_sqlite else " FOR UPDATE"),
-                {"ref": ref}, carry=True)
-            await direct(tx).insert(simulator_operations, _op(ref))
-    assert hook.state in ("lost", "pending") and await _count(services, ref) == 0
-    async with services.db.transaction() as tx:  # the connection is usable, nothing is open
-        await direct(tx).insert(simulator_operations, _op(ref))
-    assert await _count(services, hook_ref, ref) == 2

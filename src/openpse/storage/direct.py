@@ -493,15 +493,20 @@ class Direct:
         text, merged = _with_writes(main, params, writes) if writes else (main, dict(params))
         text = f"WITH {ctes}, {text[5:]}"
         merged.update(first_params)
-        pg, names = _pg(text)
-        try:
-            record = await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
-        except _PG_INTEGRITY as exc:
-            err = IntegrityError(text, merged, exc)
-            first.fold_failed(err)  # raises for its own tables
-            raise err from exc
+        record = await self._carrying(first, text, merged)
         self._sealed = True
         first.folded(record)
+
+    async def _carrying(self, first: Foldable, text: str, params: Mapping[str, Any]) -> Any:
+        """Run ``text``, which carries ``first``'s CTEs: its one row, or ``first``'s refusal
+        of the unique violation that stopped it (``fold_failed``; another table's re-raised)."""
+        pg, names = _pg(text)
+        try:
+            return await (await self._pg_conn()).fetchrow(pg, *[params[n] for n in names])
+        except _PG_INTEGRITY as exc:
+            err = IntegrityError(text, params, exc)
+            first.fold_failed(err)  # raises for its own tables
+            raise err from exc
 
     async def executemany(self, sql: str, rows: Iterable[Mapping[str, Any]]) -> None:
         if self._deferred is not None or self._sealed:
@@ -556,15 +561,7 @@ class Direct:
         ctes, first_params = first.fold()
         text = (f'WITH {ctes} SELECT to_json(f) AS "f__row", q.* FROM f '
                 f"LEFT JOIN ({sql}) q ON true")
-        merged = {**params, **first_params}
-        pg, names = _pg(text)
-        try:
-            record = await (await self._pg_conn()).fetchrow(pg, *[merged[n] for n in names])
-        except _PG_INTEGRITY as exc:
-            err = IntegrityError(text, merged, exc)
-            first.fold_failed(err)  # raises for its own tables
-            raise err from exc
-        row = dict(record)
+        row = dict(await self._carrying(first, text, {**params, **first_params}))
         first_row = row.pop("f__row")  # decoded already where the connection has a JSON codec
         first.joined(orjson.loads(first_row) if isinstance(first_row, str | bytes) else first_row)
         if all(v is None for v in row.values()):
