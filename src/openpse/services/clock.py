@@ -23,11 +23,17 @@ from openpse.storage.db import Tx
 from openpse.storage.rows import rfc3339
 from openpse.storage.tables import merchants
 
-__all__ = ["MAX_ADVANCE_S", "advance_clock", "clock_view", "get_clock", "merchant_now",
-           "offset_sql"]
+__all__ = ["MAX_ADVANCE_S", "advance_clock", "clock_at", "clock_view", "get_clock",
+           "merchant_now", "offset_sql"]
 
 MAX_ADVANCE_S = 400 * 86400  # per call: a refund window and then some
 MAX_OFFSET_S = 20 * 366 * 86400
+
+
+def clock_at(now: int, livemode: bool, offset_s: int | None) -> int:
+    """The merchant's time at wall time ``now``, its offset read elsewhere (with another row):
+    the sandbox offset for a sandbox caller, none live."""
+    return now if livemode else now + int(offset_s or 0)
 
 
 async def merchant_now(svc: Services, conn: Tx, merchant_id: str, livemode: bool) -> int:
@@ -37,7 +43,7 @@ async def merchant_now(svc: Services, conn: Tx, merchant_id: str, livemode: bool
         return now
     offset = (await conn.execute(select(merchants.c.sandbox_clock_offset_s).where(
         merchants.c.id == merchant_id))).scalar()
-    return now + int(offset or 0)
+    return clock_at(now, livemode, offset)
 
 
 def offset_sql(livemode_col: Any) -> ColumnElement[Any]:

@@ -40,7 +40,7 @@ from openpse.domain.payments import (
     assert_transition,
 )
 from openpse.domain.risk import RISK_BLOCK_CODE, risk_blocks
-from openpse.services.clock import merchant_now
+from openpse.services.clock import clock_at, merchant_now
 from openpse.services.context import MERCHANT_TERMS, Caller, Services
 from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.views import payment_view
@@ -499,8 +499,10 @@ async def merchant_terms(svc: Services, tx: Tx, row: dict[str, Any]
     found = _terms_cache(tx).get(row["merchant_id"]) or await direct(tx).fetchone(
         "SELECT pricing, sandbox_clock_offset_s FROM merchants WHERE id = :id",
         {"id": row["merchant_id"]}, table=merchants)
-    offset = 0 if found is None or row["livemode"] else int(found["sandbox_clock_offset_s"])
-    return (found["pricing"] if found else None), svc.now() + offset
+    if found is None:
+        return None, svc.now()
+    return found["pricing"], clock_at(svc.now(), bool(row["livemode"]),
+                                      found["sandbox_clock_offset_s"])
 
 
 # ---- confirm ------------------------------------------------------------------------------
@@ -692,12 +694,13 @@ async def apply_result(
     statement's guards find out if either changed since)."""
     now = svc.now()
     scope = Caller(merchant_id, livemode) if caller is None else caller
-    if known is not None and (caller is None or caller.merchant_terms is None
-                              or known[1]["id"] != attempt_id):
-        known = None  # what the answer needs is not all at hand: it reads it
+    at_hand = None  # the rows and the terms, when all are known: the answer reads nothing
+    if (known is not None and caller is not None and caller.merchant_terms is not None
+            and known[1]["id"] == attempt_id):
+        at_hand = (*known, caller.merchant_terms)
     done = await unlocked_first(svc, result, lambda: _apply_unlocked(
         svc, caller, scope, payment_id, attempt_id, operation, result, now, respond_status,
-        known), sqlite=known is not None)
+        at_hand), sqlite=at_hand is not None)
     if done is not None:
         return done
     async with svc.db.transaction() as tx:
@@ -735,21 +738,22 @@ async def unlocked_first(svc: Services, result: ConnectorResult,
 async def _apply_unlocked(
     svc: Services, caller: Caller | None, scope: Caller, payment_id: str, attempt_id: str,
     operation: str, result: ConnectorResult, now: int, respond_status: int | None,
-    known: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    known: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """PostgreSQL, the common case (a payment ``processing`` with its attempt pending): read
     without a lock, then make the whole answer one statement that commits by itself
     (``Database.transaction(alone=True)``), its balances included, with the payment's update
     checked against the version read and the attempt's against ``pending``. Two round trips
     instead of BEGIN, the lock, the answer, the balances and COMMIT; one when the request
-    itself just committed both rows (``known``) and read the merchant's terms with its key
-    (``Caller.merchant_terms``): the guards check that nothing changed since. With ``known``
+    itself just committed both rows and read the merchant's terms with its key (``known``:
+    payment, attempt, terms; ``Caller.merchant_terms``): the guards check that nothing changed
+    since. With ``known``
     SQLite comes here too (an ordinary transaction under its write lock, its guards checked
     as they are written): the locked path's read saved. ``GuardMissed`` (nothing written)
     when either changed in between; None when the case is not the common one (the locked
     path decides)."""
-    if known is not None and caller is not None and caller.merchant_terms is not None:
-        row, terms = dict(known[0]), caller.merchant_terms
+    if known is not None:
+        row, terms = dict(known[0]), known[2]
         attempt: Any = SimpleNamespace(**(dict.fromkeys(_ATTEMPT_COLUMNS) | known[1]))
     else:
         async with svc.db.read() as conn:

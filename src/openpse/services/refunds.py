@@ -24,7 +24,7 @@ from openpse.domain.errors import Conflict, InvalidRequest
 from openpse.domain.ids import new_id
 from openpse.domain.money import parse_amount
 from openpse.domain.payments import Status
-from openpse.services.clock import offset_sql
+from openpse.services.clock import clock_at, offset_sql
 from openpse.services.context import Caller, Services
 from openpse.services.events import Held, changed_fields, flush, record_event
 from openpse.services.payments import (
@@ -117,8 +117,7 @@ async def _lock_payment(tx: Tx, caller: Caller, payment_id: str, now: int
     row = await d.fetchone(sql, {"id": payment_id}, table=payments, carry=True)
     if row is None or not in_scope(row, caller.merchant_id, caller.livemode):
         raise missing("payment", payment_id, "payment")
-    offset = int(row.pop("clock_offset_s") or 0)
-    return row, now + (0 if row["livemode"] else offset)
+    return row, clock_at(now, bool(row["livemode"]), row.pop("clock_offset_s"))
 
 
 # The payment by its key alone (``storage.repos.in_scope`` says why) and its merchant's
