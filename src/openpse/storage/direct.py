@@ -562,8 +562,7 @@ class Direct:
         text = (f'WITH {ctes} SELECT to_json(f) AS "f__row", q.* FROM f '
                 f"LEFT JOIN ({sql}) q ON true")
         row = dict(await self._carrying(first, text, {**params, **first_params}))
-        first_row = row.pop("f__row")  # decoded already where the connection has a JSON codec
-        first.joined(orjson.loads(first_row) if isinstance(first_row, str | bytes) else first_row)
+        first.joined(row.pop("f__row"))  # JSON, decoded by the connection's codec
         if all(v is None for v in row.values()):
             return None  # the read found nothing (each of its rows has a non-null key)
         return decode(row, table)
