@@ -99,7 +99,7 @@ PEER_SCENARIOS: Final = set(GROUPS["peer"])
 
 PROFILES: Final[dict[str, dict[str, Any]]] = {
     "full": {"duration_s": 20.0, "warmup_s": 3.0, "concurrency": 32, "scale_payments": 1_000_000,
-             "webhook_events": 5000, "webhook_steady_events": 3000, "webhook_rate": 500.0,
+             "webhook_events": 10000, "webhook_steady_events": 3000, "webhook_rate": 500.0,
              "webhook_startup_wait_s": 1.0, "pgbench_clients": 8},
     "quick": {"duration_s": 5.0, "warmup_s": 1.0, "concurrency": 32, "scale_payments": 100_000,
               "webhook_events": 2000, "webhook_steady_events": 1000, "webhook_rate": 300.0,

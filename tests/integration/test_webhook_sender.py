@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpcore
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,7 +41,8 @@ from openpse.webhooks.sender import (
     RESPONSE_EXCERPT_CAP_BYTES,
     AttemptResult,
     WebhookSender,
-    _PinnedBackend,
+    _pinned_socket,
+    _PinnedResolver,
     parse_retry_after,
 )
 from openpse.webhooks.signing import generate_secret, headers_for
@@ -87,6 +88,11 @@ async def simple(writer: Writer, status: str, body: bytes = b"", *headers: str) 
     await writer.drain()
 
 
+async def simple_raw(writer: Writer, raw: bytes) -> None:
+    writer.write(raw)
+    await writer.drain()
+
+
 async def drip(writer: Writer) -> None:
     writer.write(head("200 OK", length=100))
     for _ in range(100):
@@ -123,6 +129,11 @@ ROUTES: dict[str, Callable[[Writer], Awaitable[None]]] = {
     "/drip": drip,
     "/huge": endless,
     "/hang": hang,
+    "/hangup": lambda w: w.drain(),  # reads the request, closes without a word
+    "/garbage": lambda w: simple_raw(w, b"NOT HTTP AT ALL\r\n\r\n"),
+    "/short": lambda w: simple_raw(w, head("200 OK", length=100) + b"only ten b"),
+    "/long-header": lambda w: simple(w, "200 OK", b"", "X-Long: " + "h" * 12_000),
+    "/huge-header": lambda w: simple(w, "200 OK", b"", "X-Long: " + "h" * 20_000),
 }
 
 
@@ -336,6 +347,24 @@ async def test_connection_refused_is_a_connect_error(sender: WebhookSender) -> N
     assert (result.ok, result.status_code, result.error) == (False, None, "connect_error")
 
 
+@pytest.mark.parametrize("path", ["/hangup", "/garbage", "/short", "/huge-header"])
+async def test_a_broken_answer_is_a_protocol_error(
+    receiver: Receiver, sender: WebhookSender, path: str
+) -> None:
+    """No answer, not HTTP, a body shorter than announced, a header past 16 KiB: each is a
+    failure named ``protocol_error``, never a success nor an exception."""
+    result = await post(sender, receiver.url(path))
+    assert (result.ok, result.error) == (False, "protocol_error")
+    assert len(receiver.requests) == 1
+
+
+async def test_a_long_header_within_the_limit_is_accepted(
+    receiver: Receiver, sender: WebhookSender
+) -> None:
+    result = await post(sender, receiver.url("/long-header"))
+    assert (result.ok, result.status_code, result.error) == (True, 200, None)
+
+
 async def test_cookies_from_a_receiver_are_never_sent_back(
     receiver: Receiver, sender: WebhookSender
 ) -> None:
@@ -408,9 +437,19 @@ async def test_names_resolving_inward_or_nowhere_are_refused_before_connecting(
     assert receiver.connections == 0
 
 
-async def test_the_backend_refuses_connections_nobody_vetted(receiver: Receiver) -> None:
-    with pytest.raises(httpcore.ConnectError, match="no vetted address"):
-        await _PinnedBackend().connect_tcp("127.0.0.1", receiver.port)
+async def test_the_client_refuses_connections_nobody_vetted(receiver: Receiver) -> None:
+    """Outside ``send`` (no pin) the client neither resolves a name nor opens a socket, not
+    even to an IP literal (which aiohttp never hands its resolver)."""
+    with pytest.raises(OSError, match="no vetted address"):
+        await _PinnedResolver().resolve("hooks.test", receiver.port)
+    with pytest.raises(OSError, match="no vetted address"):
+        _pinned_socket((socket.AF_INET, socket.SOCK_STREAM, 0, "", ("127.0.0.1", receiver.port)))
+    async with WebhookSender(timeout_s=TIMEOUT_S) as sender:
+        session = sender._session(True)
+        for url in (receiver.url("/ok"), receiver.url("/ok", host="localhost")):
+            with pytest.raises(aiohttp.ClientConnectorError) as caught:
+                await session.post(url, data=BODY)
+            assert "no vetted address" in repr(caught.value.__cause__)
     assert receiver.connections == 0
 
 

@@ -71,7 +71,6 @@ DEFAULT_MAX_PER_ENDPOINT = 20
 # running would send the delivery twice.
 DEFAULT_LEASE_S = 60
 DEFAULT_LINGER_S = 0.25
-SENDER_SHARDS = 8
 # A worker claims up to this many times what it can run at once (per endpoint and in all), so
 # the next attempts are ready when a slot frees up, without waiting for the database. A queued
 # delivery waits for at most one attempt ahead of it, so with attempts cut at a third of the
@@ -134,13 +133,12 @@ class DeliveryRunner:
         self._box = box
         self._allow_local = allow_local
         self._on_disable = on_disable
-        self._senders: list[WebhookSender] = [] if sender is None else [sender]
-        self._owns_senders = sender is None
+        self._sender_given = sender
+        self._own_sender: WebhookSender | None = None
         self._rng: UniformRandom = rng or Random()  # jitter, not a secret
         self._clock = clock
         self._worker_id = _secrets.token_hex(8)
         self._rounds = 0
-        self._spawned = 0
         self._tasks: set[asyncio.Task[Outcome]] = set()
         # Claimed and not yet finished, per endpoint: running plus queued for a free slot.
         self._held: Counter[str] = Counter()
@@ -225,10 +223,9 @@ class DeliveryRunner:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._owns_senders:
-            for sender in self._senders:
-                await sender.close()
-            self._senders = []
+        if self._own_sender is not None:
+            await self._own_sender.close()
+            self._own_sender = None
 
     # --- steps -----------------------------------------------------------------------------------
 
@@ -295,19 +292,13 @@ class DeliveryRunner:
         return Outcome(delivery, result, now_s)
 
     def _sender(self) -> WebhookSender:
-        """The next of ``SENDER_SHARDS`` senders, in turn.
-
-        httpx's connection pool scans every connection and waiting request on each request
-        and response, so its cost per request grows with what one pool holds; a few smaller
-        pools keep it flat. Each keeps its own idle connections, so a receiver still sees at
-        most ``max_per_endpoint`` parallel connections from this worker.
-        """
-        if not self._senders:
-            self._senders = [WebhookSender(timeout_s=self.options.attempt_timeout_s,
-                                           max_connections=self.options.max_in_flight)
-                             for _ in range(SENDER_SHARDS)]
-        self._spawned += 1
-        return self._senders[self._spawned % len(self._senders)]
+        """The sender given, else one of this runner's own, made on first use (in its loop)."""
+        if self._sender_given is not None:
+            return self._sender_given
+        if self._own_sender is None:
+            self._own_sender = WebhookSender(timeout_s=self.options.attempt_timeout_s,
+                                             max_connections=self.options.max_in_flight)
+        return self._own_sender
 
     def _keyring(self, delivery: ClaimedDelivery) -> list[SecretEntry]:
         key = (delivery.endpoint_id, delivery.secrets_enc)
