@@ -37,10 +37,12 @@ from openpse.webhooks.schedule import (
     next_delay_s,
 )
 from openpse.webhooks.sender import (
+    _PIN,
     DELIVERY_TIMEOUT_S,
     RESPONSE_EXCERPT_CAP_BYTES,
     AttemptResult,
     WebhookSender,
+    _Pin,
     _pinned_socket,
     _PinnedResolver,
     parse_retry_after,
@@ -444,6 +446,16 @@ async def test_the_client_refuses_connections_nobody_vetted(receiver: Receiver) 
         await _PinnedResolver().resolve("hooks.test", receiver.port)
     with pytest.raises(OSError, match="no vetted address"):
         _pinned_socket((socket.AF_INET, socket.SOCK_STREAM, 0, "", ("127.0.0.1", receiver.port)))
+    token = _PIN.set(_Pin("127.0.0.1", receiver.port, (ipaddress.ip_address("127.0.0.1"),)))
+    try:  # pinned, but not to this address, this port, or anything that parses
+        for address, port in (("127.0.0.2", receiver.port), ("127.0.0.1", receiver.port + 1),
+                              ("fe80::1%nowhere", receiver.port), ("nonsense", receiver.port)):
+            with pytest.raises(OSError, match="no vetted address"):
+                _pinned_socket((socket.AF_INET, socket.SOCK_STREAM, 0, "", (address, port)))
+        _pinned_socket((socket.AF_INET, socket.SOCK_STREAM, 0, "",
+                        ("127.0.0.1", receiver.port))).close()
+    finally:
+        _PIN.reset(token)
     async with WebhookSender(timeout_s=TIMEOUT_S) as sender:
         session = sender._session(True)
         for url in (receiver.url("/ok"), receiver.url("/ok", host="localhost")):

@@ -202,7 +202,11 @@ def _pinned_socket(addr_info: AddrInfoType) -> socket.socket:
     family, type_, proto, _, sockaddr = addr_info
     host, port = str(sockaddr[0]), int(sockaddr[1])
     pin = _PIN.get()
-    if pin is None or pin.port != port or ipaddress.ip_address(host) not in pin.addresses:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # never from a vetted address (a scoped one is link-local: refused)
+        address = None
+    if pin is None or pin.port != port or address not in pin.addresses:
         raise _NotPinned(f"no vetted address for {host}:{port}")
     return socket.socket(family=family, type=type_, proto=proto)
 
