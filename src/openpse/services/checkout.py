@@ -47,8 +47,8 @@ from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.storage.db import Tx
 from openpse.storage.direct import direct
-from openpse.storage.repos import load_scoped, update_versioned
-from openpse.storage.rows import apply_page, page_result, rfc3339, row_dict
+from openpse.storage.repos import list_page, load_scoped, update_versioned
+from openpse.storage.rows import page_result, rfc3339, row_dict
 from openpse.storage.tables import (
     checkout_sessions,
     merchants,
@@ -249,18 +249,15 @@ async def get_session(svc: Services, caller: Caller, session_id: str) -> dict[st
 async def list_sessions(svc: Services, caller: Caller, *, status: str | None,
                         merchant_order_id: str | None, limit: int, cursor: str | None,
                         created_gte: int | None, created_lt: int | None) -> dict[str, Any]:
-    t = checkout_sessions
-    stmt = select(t).where(t.c.merchant_id == caller.merchant_id, t.c.livemode == caller.livemode)
-    if status is not None:
-        if status not in STATUSES:
-            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
-        stmt = stmt.where(t.c.status == status)
-    if merchant_order_id is not None:
-        stmt = stmt.where(t.c.merchant_order_id == merchant_order_id)
-    stmt = apply_page(stmt, t, limit=limit, cursor=cursor, created_gte=created_gte,
-                      created_lt=created_lt)
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
+    equal = {k: v for k, v in (("status", status), ("merchant_order_id", merchant_order_id))
+             if v is not None}
     async with svc.db.read() as conn:
-        rows = [_view(svc, caller, row_dict(r)) for r in (await conn.execute(stmt)).all()]
+        rows = [_view(svc, caller, r) for r in await list_page(
+            conn, checkout_sessions, merchant_id=caller.merchant_id, livemode=caller.livemode,
+            equal=equal, limit=limit, cursor=cursor, created_gte=created_gte,
+            created_lt=created_lt)]
     return page_result(rows, limit)
 
 

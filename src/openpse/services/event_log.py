@@ -16,8 +16,8 @@ from sqlalchemy import select
 from openpse.domain.errors import Conflict, InvalidRequest, NotFound
 from openpse.services.context import Caller, Services
 from openpse.services.webhook_endpoints import delivery_view, load_endpoint
-from openpse.storage.repos import in_scope
-from openpse.storage.rows import apply_page, page_result
+from openpse.storage.repos import in_scope, list_page
+from openpse.storage.rows import page_result
 from openpse.storage.tables import events, webhook_endpoints
 from openpse.webhooks.outbox import enqueue, subscribes
 
@@ -29,18 +29,13 @@ async def list_events(
     created_lt: int | None, type: str | None = None, object_id: str | None = None,
 ) -> dict[str, Any]:
     """The caller's events in the caller's mode, newest first."""
-    t = events
-    stmt = select(t.c.id, t.c.payload).where(t.c.merchant_id == caller.merchant_id,
-                                             t.c.livemode == caller.livemode)
-    if type is not None:
-        stmt = stmt.where(t.c.type == type)
-    if object_id is not None:
-        stmt = stmt.where(t.c.object_id == object_id)
-    stmt = apply_page(stmt, t, limit=limit, cursor=cursor, created_gte=created_gte,
-                      created_lt=created_lt)
+    equal = {k: v for k, v in (("type", type), ("object_id", object_id)) if v is not None}
     async with svc.db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return page_result([orjson.loads(r.payload) for r in rows], limit)
+        rows = await list_page(conn, events, merchant_id=caller.merchant_id,
+                               livemode=caller.livemode, equal=equal, limit=limit,
+                               cursor=cursor, created_gte=created_gte, created_lt=created_lt,
+                               columns="id, payload")
+    return page_result([orjson.loads(r["payload"]) for r in rows], limit)
 
 
 async def get_event_payload(svc: Services, caller: Caller, event_id: str) -> str:

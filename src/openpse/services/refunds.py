@@ -38,8 +38,8 @@ from openpse.services.views import payment_view, refund_view
 from openpse.storage.db import Tx
 from openpse.storage.direct import Write, direct, prefixed, unprefixed
 from openpse.storage.ledger import post_journal
-from openpse.storage.repos import in_scope, load_scoped, missing, update_versioned
-from openpse.storage.rows import apply_page, page_result, row_dict
+from openpse.storage.repos import in_scope, list_page, load_scoped, missing, update_versioned
+from openpse.storage.rows import page_result, row_dict
 from openpse.storage.tables import merchants, payment_attempts, payments, refunds
 
 __all__ = ["REFUND_REASONS", "REFUND_SOURCES", "REFUND_WINDOW_S", "complete_bank_refund",
@@ -383,16 +383,12 @@ async def get_refund(svc: Services, caller: Caller, refund_id: str) -> dict[str,
 async def list_refunds(svc: Services, caller: Caller, *, payment: str | None, status: str | None,
                        limit: int, cursor: str | None, created_gte: int | None,
                        created_lt: int | None) -> dict[str, Any]:
-    stmt = select(refunds).where(refunds.c.merchant_id == caller.merchant_id,
-                                 refunds.c.livemode == caller.livemode)
-    if payment:
-        stmt = stmt.where(refunds.c.payment_id == payment)
-    if status:
-        stmt = stmt.where(refunds.c.status == status)
-    stmt = apply_page(stmt, refunds, limit=limit, cursor=cursor, created_gte=created_gte,
-                      created_lt=created_lt)
+    equal = {k: v for k, v in (("payment_id", payment), ("status", status)) if v}
     async with svc.db.read() as conn:
-        rows = [refund_view(row_dict(r)) for r in (await conn.execute(stmt)).all()]
+        rows = [refund_view(r) for r in await list_page(
+            conn, refunds, merchant_id=caller.merchant_id, livemode=caller.livemode,
+            equal=equal, limit=limit, cursor=cursor, created_gte=created_gte,
+            created_lt=created_lt)]
     return page_result(rows, limit)
 
 

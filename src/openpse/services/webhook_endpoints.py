@@ -19,8 +19,8 @@ from openpse.domain.payments import EVENT_FOR_STATUS
 from openpse.services.context import Caller, Services
 from openpse.services.events import changed_fields, record_event
 from openpse.storage.db import Tx
-from openpse.storage.repos import load_scoped, update_versioned
-from openpse.storage.rows import apply_page, page_result, rfc3339, row_dict
+from openpse.storage.repos import list_page, load_scoped, update_versioned
+from openpse.storage.rows import page_result, rfc3339, row_dict
 from openpse.storage.tables import webhook_attempts, webhook_deliveries, webhook_endpoints
 from openpse.webhooks import keyring
 from openpse.webhooks.outbox import ALL_EVENTS, cancel_pending
@@ -192,13 +192,11 @@ async def list_endpoints(
     svc: Services, caller: Caller, *, limit: int, cursor: str | None,
     created_gte: int | None, created_lt: int | None,
 ) -> dict[str, Any]:
-    t = webhook_endpoints
-    stmt = apply_page(
-        select(t).where(t.c.merchant_id == caller.merchant_id, t.c.livemode == caller.livemode),
-        t, limit=limit, cursor=cursor, created_gte=created_gte, created_lt=created_lt)
     async with svc.db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return page_result([endpoint_view(row_dict(r)) for r in rows], limit)
+        rows = await list_page(conn, webhook_endpoints, merchant_id=caller.merchant_id,
+                               livemode=caller.livemode, limit=limit, cursor=cursor,
+                               created_gte=created_gte, created_lt=created_lt)
+    return page_result([endpoint_view(r) for r in rows], limit)
 
 
 async def update_endpoint(
@@ -263,18 +261,15 @@ async def list_deliveries(
     event_id: str | None = None,
 ) -> dict[str, Any]:
     """The endpoint's deliveries, newest first, each with every attempt (oldest first)."""
-    d, a = webhook_deliveries, webhook_attempts
-    stmt = select(d).where(d.c.endpoint_id == endpoint_id, d.c.merchant_id == caller.merchant_id,
-                           d.c.livemode == caller.livemode)
-    if status is not None:
-        stmt = stmt.where(d.c.status == status)
-    if event_id is not None:
-        stmt = stmt.where(d.c.event_id == event_id)
-    stmt = apply_page(stmt, d, limit=limit, cursor=cursor, created_gte=created_gte,
-                      created_lt=created_lt)
+    a = webhook_attempts
+    equal = {"endpoint_id": endpoint_id, **{k: v for k, v in (("status", status),
+                                                             ("event_id", event_id))
+                                            if v is not None}}
     async with svc.db.read() as conn:
         await load_endpoint(conn, caller, endpoint_id)
-        rows = [row_dict(r) for r in (await conn.execute(stmt)).all()]
+        rows = await list_page(conn, webhook_deliveries, merchant_id=caller.merchant_id,
+                               livemode=caller.livemode, equal=equal, limit=limit,
+                               cursor=cursor, created_gte=created_gte, created_lt=created_lt)
         ids = [r["id"] for r in rows[:limit]]
         attempts: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         if ids:

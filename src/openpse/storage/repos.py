@@ -13,8 +13,9 @@ from sqlalchemy import Table
 from openpse.domain.errors import NotFound
 from openpse.storage.db import Tx
 from openpse.storage.direct import direct
+from openpse.storage.rows import page_bounds
 
-__all__ = ["in_scope", "load_scoped", "missing", "update_versioned"]
+__all__ = ["in_scope", "list_page", "load_scoped", "missing", "update_versioned"]
 
 
 async def load_scoped(
@@ -46,6 +47,32 @@ def in_scope(row: Mapping[Any, Any], merchant_id: str, livemode: bool) -> bool:
 def missing(what: str, object_id: str, param: str = "id") -> NotFound:
     """The 404 for a scoped read that found nothing (another merchant's id looks the same)."""
     return NotFound(f"no such {what}: {object_id!r}", code="resource_missing", param=param)
+
+
+async def list_page(
+    tx: Tx, table: Table, *, merchant_id: str, livemode: bool,
+    equal: Mapping[str, Any] | None = None, limit: int, cursor: str | None,
+    created_gte: int | None, created_lt: int | None, columns: str = "*",
+) -> list[dict[str, Any]]:
+    """A list page of (merchant, mode)'s rows, newest first by id (ids are time-ordered),
+    read on the driver like every resource read (a page through SQLAlchemy Core cost 22-27 %
+    more CPU per list request). ``equal``: column = value filters; ``columns``: what to
+    select; both named by the code, never by the caller. Up to ``limit + 1`` rows:
+    ``page_result`` tells from the extra one that there are more."""
+    where = ["merchant_id = :merchant_id", "livemode = :livemode"]
+    params: dict[str, Any] = {"merchant_id": merchant_id, "livemode": livemode,
+                              "limit": limit + 1}
+    for column, value in (equal or {}).items():
+        assert column in table.c, column
+        where.append(f"{column} = :eq_{column}")
+        params[f"eq_{column}"] = value
+    bounds = page_bounds(table, cursor=cursor, created_gte=created_gte, created_lt=created_lt)
+    for i, (column, op, value) in enumerate(bounds):
+        where.append(f"{column} {op} :b{i}")
+        params[f"b{i}"] = value
+    sql = (f"SELECT {columns} FROM {table.name} WHERE {' AND '.join(where)} "
+           "ORDER BY id DESC LIMIT :limit")
+    return await direct(tx).fetchall(sql, params, table=table)
 
 
 _PLAIN = "SELECT * FROM {} WHERE id = :id"  # the scope: ``in_scope``

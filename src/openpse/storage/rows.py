@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, Table
+from sqlalchemy import Table
 
 from openpse.domain.ids import PREFIXES, first_id_at
 
-__all__ = ["apply_page", "page_result", "rfc3339", "row_dict"]
+__all__ = ["page_bounds", "page_result", "rfc3339", "row_dict"]
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -45,30 +45,26 @@ def row_dict(row: Any) -> dict[str, Any]:
     return dict(row._mapping)
 
 
-def apply_page(
-    stmt: Select[Any],
-    table: Table,
-    *,
-    limit: int,
-    cursor: str | None,
-    created_gte: int | None,
-    created_lt: int | None,
-) -> Select[Any]:
-    """Newest first by id (ids are time-ordered); ``cursor`` is the last id of the prior page."""
+def page_bounds(
+    table: Table, *, cursor: str | None, created_gte: int | None, created_lt: int | None
+) -> list[tuple[str, str, Any]]:
+    """A list page's bounds as (column, ``<`` or ``>=``, value): after ``cursor`` (the last id
+    of the prior page) and within the ``created`` range, which also bounds the ids."""
+    bounds: list[tuple[str, str, Any]] = []
     if cursor is not None:
-        stmt = stmt.where(table.c.id < cursor)
+        bounds.append(("id", "<", cursor))
     prefix = _ID_PREFIX.get(table.name)
     if created_gte is not None:
-        stmt = stmt.where(table.c.created >= created_gte)
+        bounds.append(("created", ">=", created_gte))
         if prefix is not None:
-            stmt = stmt.where(
-                table.c.id >= first_id_at(prefix, (created_gte - ID_BOUND_SLACK_S) * 1000))
+            bounds.append(("id", ">=", first_id_at(prefix,
+                                                   (created_gte - ID_BOUND_SLACK_S) * 1000)))
     if created_lt is not None:
-        stmt = stmt.where(table.c.created < created_lt)
+        bounds.append(("created", "<", created_lt))
         if prefix is not None:
-            stmt = stmt.where(
-                table.c.id < first_id_at(prefix, (created_lt + ID_BOUND_SLACK_S) * 1000))
-    return stmt.order_by(table.c.id.desc()).limit(limit + 1)
+            bounds.append(("id", "<", first_id_at(prefix,
+                                                  (created_lt + ID_BOUND_SLACK_S) * 1000)))
+    return bounds
 
 
 def page_result(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:

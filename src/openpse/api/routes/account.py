@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from openpse.api.deps import CallerDep, ListParamsDep, ServicesDep
 from openpse.services import merchants as svc_merchants
-from openpse.storage.rows import apply_page, page_result, rfc3339, row_dict
+from openpse.storage.repos import list_page
+from openpse.storage.rows import page_result, rfc3339
 from openpse.storage.tables import request_logs
 
 router = APIRouter(prefix="/v1", tags=["account"])
@@ -31,13 +31,9 @@ async def list_request_logs(
     caller: CallerDep, svc: ServicesDep, page: ListParamsDep,
     status: Annotated[int | None, Query(ge=100, le=599)] = None,
 ) -> Any:
-    stmt = select(request_logs).where(
-        request_logs.c.merchant_id == caller.merchant_id,
-        request_logs.c.livemode == caller.livemode,
-    )
-    if status is not None:
-        stmt = stmt.where(request_logs.c.status == status)
-    stmt = apply_page(stmt, request_logs, **page.kwargs())
+    equal = {} if status is None else {"status": status}
     async with svc.db.read() as conn:
-        rows = [_log_view(row_dict(r)) for r in (await conn.execute(stmt)).all()]
+        rows = [_log_view(r) for r in await list_page(
+            conn, request_logs, merchant_id=caller.merchant_id, livemode=caller.livemode,
+            equal=equal, **page.kwargs())]
     return page_result(rows, page.limit)

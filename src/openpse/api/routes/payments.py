@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 from starlette.responses import Response
 
 from openpse.api.deps import CallerDep, ListParamsDep, ServicesDep
@@ -13,7 +12,8 @@ from openpse.api.errors import JSON_CONTENT_TYPE, json_bytes
 from openpse.api.payment_models import CancelIn, CaptureIn, ConfirmIn, PaymentCreate
 from openpse.services import payments as svc_payments
 from openpse.services.views import payment_view
-from openpse.storage.rows import apply_page, page_result, row_dict
+from openpse.storage.repos import list_page
+from openpse.storage.rows import page_result
 from openpse.storage.tables import payments
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
@@ -54,15 +54,15 @@ async def list_payments(
     status: Annotated[str | None, Query(max_length=32)] = None,
     merchant_order_id: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Any:
-    stmt = select(payments).where(payments.c.merchant_id == caller.merchant_id,
-                                  payments.c.livemode == caller.livemode)
+    equal: dict[str, Any] = {}
     if status:
-        stmt = stmt.where(payments.c.status == status)
+        equal["status"] = status
     if merchant_order_id is not None:
-        stmt = stmt.where(payments.c.merchant_order_id == merchant_order_id)
-    stmt = apply_page(stmt, payments, **page.kwargs())
+        equal["merchant_order_id"] = merchant_order_id
     async with svc.db.read() as conn:
-        rows = [payment_view(row_dict(r)) for r in (await conn.execute(stmt)).all()]
+        rows = [payment_view(r) for r in await list_page(
+            conn, payments, merchant_id=caller.merchant_id, livemode=caller.livemode,
+            equal=equal, **page.kwargs())]
     return page_result(rows, page.limit)
 
 
