@@ -40,6 +40,7 @@ from openpse.webhooks.sender import (
     _PIN,
     DELIVERY_TIMEOUT_S,
     RESPONSE_EXCERPT_CAP_BYTES,
+    RESPONSE_READ_CAP_BYTES,
     AttemptResult,
     WebhookSender,
     _Pin,
@@ -328,6 +329,63 @@ async def test_an_endless_body_is_cut_off_by_the_read_cap(
     assert (result.ok, result.status_code, result.error) == (True, 200, None)
     assert result.response_excerpt == "y" * RESPONSE_EXCERPT_CAP_BYTES
     assert result.latency_ms < TIMEOUT_S * 1000 / 2
+
+
+async def _keep_alive_server(big_first: bool) -> tuple[asyncio.Server, list[int], list[str]]:
+    """A receiver that keeps connections open (HTTP/1.1 keep-alive). Notes each connection and
+    each request line; with ``big_first`` its first answer's body is larger than the read cap
+    (and the rest of it arrives only after the sender stopped reading)."""
+    connections: list[int] = []
+    lines: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: Writer) -> None:
+        connections.append(1)
+        try:
+            while True:
+                raw = await reader.readuntil(b"\r\n\r\n")
+                lines.append(raw.split(b"\r\n", 1)[0].decode())
+                length = next(int(x.split(b":", 1)[1]) for x in raw.split(b"\r\n")
+                              if x.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                body = b"z" * (3 * RESPONSE_READ_CAP_BYTES) if big_first and len(lines) == 1 \
+                    else b"ok"
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+                             .encode() + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, connections, lines
+
+
+async def test_a_kept_alive_connection_carries_the_next_deliveries(sender: WebhookSender) -> None:
+    server, connections, lines = await _keep_alive_server(big_first=False)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        results = [await post(sender, f"http://127.0.0.1:{port}/hook") for _ in range(5)]
+    finally:
+        server.close()
+    assert [r.ok for r in results] == [True] * 5
+    assert (len(lines), len(connections)) == (5, 1)
+
+
+async def test_a_connection_whose_answer_was_cut_at_the_cap_is_never_reused(
+    sender: WebhookSender,
+) -> None:
+    """Bytes of a body left unread must never be taken for the next delivery's answer."""
+    server, connections, lines = await _keep_alive_server(big_first=True)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        first = await post(sender, f"http://127.0.0.1:{port}/hook")
+        second = await post(sender, f"http://127.0.0.1:{port}/hook")
+    finally:
+        server.close()
+    assert first.ok and first.response_excerpt == "z" * RESPONSE_EXCERPT_CAP_BYTES
+    assert (second.ok, second.response_excerpt) == (True, "ok")
+    assert (len(lines), len(connections)) == (2, 2)
 
 
 async def test_slow_receivers_do_not_hold_up_other_deliveries(

@@ -366,7 +366,7 @@ class WebhookSender:
                     async for chunk in response.content.iter_any():
                         progress.body += chunk[: RESPONSE_READ_CAP_BYTES - len(progress.body)]
                         if len(progress.body) >= RESPONSE_READ_CAP_BYTES:
-                            response.close()  # the rest stays unread: never reused
+                            response.close()  # the rest unread: never reused (nor by aiohttp)
                             break
                 except BaseException:
                     response.close()  # cut short (the deadline): never reused
