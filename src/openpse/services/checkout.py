@@ -251,13 +251,11 @@ async def list_sessions(svc: Services, caller: Caller, *, status: str | None,
                         created_gte: int | None, created_lt: int | None) -> dict[str, Any]:
     if status is not None and status not in STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
-    equal = {k: v for k, v in (("status", status), ("merchant_order_id", merchant_order_id))
-             if v is not None}
     async with svc.db.read() as conn:
         rows = [_view(svc, caller, r) for r in await list_page(
             conn, checkout_sessions, merchant_id=caller.merchant_id, livemode=caller.livemode,
-            equal=equal, limit=limit, cursor=cursor, created_gte=created_gte,
-            created_lt=created_lt)]
+            equal={"status": status, "merchant_order_id": merchant_order_id}, limit=limit,
+            cursor=cursor, created_gte=created_gte, created_lt=created_lt)]
     return page_result(rows, limit)
 
 

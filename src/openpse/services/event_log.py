@@ -29,10 +29,10 @@ async def list_events(
     created_lt: int | None, type: str | None = None, object_id: str | None = None,
 ) -> dict[str, Any]:
     """The caller's events in the caller's mode, newest first."""
-    equal = {k: v for k, v in (("type", type), ("object_id", object_id)) if v is not None}
     async with svc.db.read() as conn:
         rows = await list_page(conn, events, merchant_id=caller.merchant_id,
-                               livemode=caller.livemode, equal=equal, limit=limit,
+                               livemode=caller.livemode,
+                               equal={"type": type, "object_id": object_id}, limit=limit,
                                cursor=cursor, created_gte=created_gte, created_lt=created_lt,
                                columns="id, payload")
     return page_result([orjson.loads(r["payload"]) for r in rows], limit)

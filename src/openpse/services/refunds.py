@@ -383,12 +383,11 @@ async def get_refund(svc: Services, caller: Caller, refund_id: str) -> dict[str,
 async def list_refunds(svc: Services, caller: Caller, *, payment: str | None, status: str | None,
                        limit: int, cursor: str | None, created_gte: int | None,
                        created_lt: int | None) -> dict[str, Any]:
-    equal = {k: v for k, v in (("payment_id", payment), ("status", status)) if v}
     async with svc.db.read() as conn:
         rows = [refund_view(r) for r in await list_page(
             conn, refunds, merchant_id=caller.merchant_id, livemode=caller.livemode,
-            equal=equal, limit=limit, cursor=cursor, created_gte=created_gte,
-            created_lt=created_lt)]
+            equal={"payment_id": payment or None, "status": status or None}, limit=limit,
+            cursor=cursor, created_gte=created_gte, created_lt=created_lt)]
     return page_result(rows, limit)
 
 

@@ -262,9 +262,7 @@ async def list_deliveries(
 ) -> dict[str, Any]:
     """The endpoint's deliveries, newest first, each with every attempt (oldest first)."""
     a = webhook_attempts
-    equal = {"endpoint_id": endpoint_id, **{k: v for k, v in (("status", status),
-                                                             ("event_id", event_id))
-                                            if v is not None}}
+    equal = {"endpoint_id": endpoint_id, "status": status, "event_id": event_id}
     async with svc.db.read() as conn:
         await load_endpoint(conn, caller, endpoint_id)
         rows = await list_page(conn, webhook_deliveries, merchant_id=caller.merchant_id,

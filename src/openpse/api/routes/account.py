@@ -31,9 +31,8 @@ async def list_request_logs(
     caller: CallerDep, svc: ServicesDep, page: ListParamsDep,
     status: Annotated[int | None, Query(ge=100, le=599)] = None,
 ) -> Any:
-    equal = {} if status is None else {"status": status}
     async with svc.db.read() as conn:
         rows = [_log_view(r) for r in await list_page(
             conn, request_logs, merchant_id=caller.merchant_id, livemode=caller.livemode,
-            equal=equal, **page.kwargs())]
+            equal={"status": status}, **page.kwargs())]
     return page_result(rows, page.limit)

@@ -54,15 +54,11 @@ async def list_payments(
     status: Annotated[str | None, Query(max_length=32)] = None,
     merchant_order_id: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Any:
-    equal: dict[str, Any] = {}
-    if status:
-        equal["status"] = status
-    if merchant_order_id is not None:
-        equal["merchant_order_id"] = merchant_order_id
     async with svc.db.read() as conn:
         rows = [payment_view(r) for r in await list_page(
             conn, payments, merchant_id=caller.merchant_id, livemode=caller.livemode,
-            equal=equal, **page.kwargs())]
+            equal={"status": status or None, "merchant_order_id": merchant_order_id},
+            **page.kwargs())]
     return page_result(rows, page.limit)
 
 
