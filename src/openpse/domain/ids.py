@@ -53,7 +53,8 @@ def _encode(value: int, length: int) -> str:
 
 _last_value = 0
 _lock = threading.Lock()
-MAX_STEP = 1 << 16
+_STEP_BYTES = 2
+MAX_STEP = 1 << (8 * _STEP_BYTES)
 
 # Randomness read from the OS 4 KiB at a time and handed out in slices, under ``_lock``: a
 # payment makes about fifteen ids, and ``secrets.randbits``/``randbelow`` read the OS for each
@@ -94,7 +95,7 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
             return prefix + _encode((now_ms << 80) | _random_int(10), 26)
         value = (int(time.time() * 1000) << 80) | _random_int(10)
         if value <= _last_value:
-            value = _last_value + 1 + _random_int(2)  # a step of 1 to MAX_STEP
+            value = _last_value + 1 + _random_int(_STEP_BYTES)  # a step of 1 to MAX_STEP
         _last_value = value
     return prefix + _encode(value, 26)
 

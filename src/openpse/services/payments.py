@@ -481,6 +481,9 @@ _LOCK_WITH_PENDING = (
     " WHERE p.id = :id")  # the scope: ``in_scope``
 
 
+_TERMS_SQL = f"SELECT {', '.join(MERCHANT_TERMS)} FROM merchants WHERE id = :id"
+
+
 def _terms_cache(tx: Tx) -> dict[str, dict[str, Any]]:
     scoped: dict[str, Any] = tx.info.setdefault(TX_SCOPED_INFO, {})
     found: dict[str, dict[str, Any]] = scoped.setdefault("merchant_terms", {})
@@ -497,8 +500,7 @@ async def merchant_terms(svc: Services, tx: Tx, row: dict[str, Any]
                          ) -> tuple[dict[str, Any] | None, int]:
     """The merchant's fee plan and clock (``captured_at`` is on it, for refund windows)."""
     found = _terms_cache(tx).get(row["merchant_id"]) or await direct(tx).fetchone(
-        "SELECT pricing, sandbox_clock_offset_s FROM merchants WHERE id = :id",
-        {"id": row["merchant_id"]}, table=merchants)
+        _TERMS_SQL, {"id": row["merchant_id"]}, table=merchants)
     if found is None:
         return None, svc.now()
     return found["pricing"], clock_at(svc.now(), bool(row["livemode"]),
