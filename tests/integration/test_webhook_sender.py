@@ -595,6 +595,25 @@ def make_pki(tmp: Path, name: str) -> Pki:
     return Pki(server=server, client=client)
 
 
+async def test_https_to_a_plain_http_receiver_is_a_tls_error(sender: WebhookSender) -> None:
+    """A handshake that fails outright (plain HTTP where TLS was expected, no certificate to
+    verify): a named failure, never an exception out of ``send``."""
+
+    async def plain(reader: asyncio.StreamReader, writer: Writer) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await post(sender, f"https://127.0.0.1:{port}/hook")
+    finally:
+        server.close()
+    assert (result.ok, result.status_code) == (False, None)
+    assert result.error is not None and result.error.startswith("tls_error: "), result.error
+
+
 async def test_https_keeps_sni_and_certificate_checks_for_the_url_name(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, "hooks.test")
     sni: list[str | None] = []
