@@ -1,8 +1,9 @@
-"""``Database.statement()``: a write of one statement that is its own transaction (PostgreSQL
-runs it in autocommit, saving the BEGIN and COMMIT round trips; SQLite runs a transaction as
-usual). It is durable when the block ends, a failed statement leaves nothing behind and the
-connection usable, and a deferred first write still pending in the context (a request's
-idempotency claim) shares a real transaction with it."""
+"""The unit of work's statement-level paths: ``Database.write_async_commit`` (one write, its own
+transaction, whose commit does not wait for the disk: it commits by itself, a failure leaves
+nothing behind, the connection's later commits are durable again, and a deferred first write
+still pending in the context shares a durable transaction with it); a unit's last write or
+first read carrying a deferred first write; units begun alone; before-commit and rollback
+hooks."""
 
 from __future__ import annotations
 
@@ -30,31 +31,48 @@ async def _count(services: Any, *refs: str) -> int:
                    .scalar_one())
 
 
-async def test_one_statement_commits_by_itself(services: Any) -> None:
-    ref = f"stmt-{uuid.uuid4().hex}"
-    async with services.db.statement() as conn:
-        await direct(conn).insert(simulator_operations, _op(ref))
-        if not services.db.is_sqlite:  # autocommit: already there for everyone else
-            assert await _count(services, ref) == 1
-    assert await _count(services, ref) == 1
-    through_core = f"stmt-{uuid.uuid4().hex}"  # SQLAlchemy begins a transaction: committed too
-    async with services.db.statement() as conn:
-        await conn.execute(insert(simulator_operations).values(**_op(through_core)))
-    assert await _count(services, through_core) == 1
+async def _writer_durability(services: Any) -> str:
+    """The durability the writer connections' next commits get: SQLite's ``synchronous`` level
+    (2 = FULL), PostgreSQL's ``synchronous_commit``."""
+    async with services.db.transaction() as tx:
+        sql = ("SELECT synchronous AS s FROM pragma_synchronous" if services.db.is_sqlite
+               else "SELECT current_setting('synchronous_commit') AS s")
+        row = await direct(tx).fetchone(sql)
+    assert row is not None
+    return str(row["s"])
 
 
-async def test_a_failed_statement_leaves_nothing_and_the_connection_usable(services: Any) -> None:
+async def test_a_write_with_an_asynchronous_commit_commits_by_itself(services: Any) -> None:
+    durable = await _writer_durability(services)
+    assert durable in ("2", "on")
     ref = f"stmt-{uuid.uuid4().hex}"
-    async with services.db.statement() as conn:
-        await direct(conn).insert(simulator_operations, _op(ref))
+    await services.db.write_async_commit((simulator_operations, _op(ref)))
+    assert await _count(services, ref) == 1  # visible to everyone at once
+    # the connection's later commits wait for the disk again (SQLite: the pragma is set back;
+    # PostgreSQL: the setting lasted for that statement's own transaction only)
+    assert await _writer_durability(services) == durable
+    updated = (simulator_operations, {"amount": 250}, {"reference": ref})
+    await services.db.write_async_commit(updated)
+    async with services.db.read() as conn:
+        amount = (await conn.execute(select(simulator_operations.c.amount).where(
+            simulator_operations.c.reference == ref))).scalar_one()
+    assert amount == 250 and await _writer_durability(services) == durable
+
+
+async def test_a_failed_asynchronous_commit_leaves_nothing_and_the_connection_durable(
+        services: Any) -> None:
+    durable = await _writer_durability(services)
+    ref = f"stmt-{uuid.uuid4().hex}"
+    await services.db.write_async_commit((simulator_operations, _op(ref)))
     for _ in range(3):  # the same writer connections come back after each failure
         with pytest.raises(IntegrityError):
-            async with services.db.statement() as conn:
-                await direct(conn).insert(simulator_operations, _op(ref))
+            await services.db.write_async_commit((simulator_operations, _op(ref)))
+        assert await _writer_durability(services) == durable
     other = f"stmt-{uuid.uuid4().hex}"
     async with services.db.transaction() as tx:
         await direct(tx).insert(simulator_operations, _op(other))
-    assert await _count(services, ref, other) == 2
+        await tx.execute(insert(simulator_operations).values(**_op(f"core-{other}")))
+    assert await _count(services, ref, other, f"core-{other}") == 3
 
 
 class _Hook:
@@ -86,19 +104,21 @@ class _Boom(Exception):
     pass
 
 
-async def test_a_pending_first_write_shares_a_transaction_with_the_statement(
+async def test_a_pending_first_write_shares_a_durable_transaction_with_the_write(
         services: Any) -> None:
+    """A deferred first write still pending in the context (a request's idempotency claim)
+    must commit with the write, durably: they roll back together and commit together."""
     hook_ref, ref = f"hook-{uuid.uuid4().hex}", f"stmt-{uuid.uuid4().hex}"
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(simulator_operations, _op(ref))
     hook = _Hook(hook_ref)
     with first_write(hook):
-        with pytest.raises(_Boom):
-            async with services.db.statement() as conn:
-                await direct(conn).insert(simulator_operations, _op(ref))
-                raise _Boom
-        assert hook.state == "pending" and await _count(services, hook_ref, ref) == 0
-        async with services.db.statement() as conn:
-            await direct(conn).insert(simulator_operations, _op(ref))
-    assert hook.state == "committed" and await _count(services, hook_ref, ref) == 2
+        with pytest.raises(IntegrityError):  # ref is taken: the hook's row goes too
+            await services.db.write_async_commit((simulator_operations, _op(ref)))
+        assert hook.state == "pending" and await _count(services, hook_ref) == 0
+        fresh = f"stmt-{uuid.uuid4().hex}"
+        await services.db.write_async_commit((simulator_operations, _op(fresh)))
+    assert hook.state == "committed" and await _count(services, hook_ref, fresh) == 2
 
 
 class _Lost(Exception):

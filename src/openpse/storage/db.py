@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from openpse.storage.direct import Foldable, GatedStatement, direct
-from openpse.storage.inline_sqlite import inline_creator
+from openpse.storage.direct import Foldable, GatedStatement, Write, direct
+from openpse.storage.inline_sqlite import SQLITE_SYNCHRONOUS, inline_creator
 from openpse.storage.sqlite_lock import WriterFileLock, lock_path_for
 
 __all__ = ["Database", "FirstWrite", "Tx", "before_commit", "first_write", "on_rollback"]
@@ -37,6 +37,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_READERS = 4
 SQLITE_POOL_TIMEOUT_S = 60
 PG_WRITERS = 10  # write connections kept open (of the pool)
+# PostgreSQL: the statement write_async_commit's write rides in (in its WITH). set_config(...,
+# true) is SET LOCAL: it lasts until that statement's own transaction ends, which is after its
+# commit record was written with the setting in force.
+_ASYNC_COMMIT_SQL = "SELECT set_config('synchronous_commit', 'off', true)"
 PG_POOL_SIZE = 20  # writers + readers
 PG_POOL_OVERFLOW = 10
 PG_STATEMENT_TIMEOUT_MS = 30_000
@@ -196,28 +200,40 @@ class Database:
         async with self._unit(alone=alone) as conn:
             yield conn
 
-    @asynccontextmanager
-    async def statement(self) -> AsyncIterator[AsyncConnection]:
-        """A write connection for one statement that is a transaction by itself. PostgreSQL:
-        it runs in autocommit (no BEGIN and COMMIT round trips; it is as durable as any
-        commit). SQLite, or while a deferred first write is still to run in this context (it
-        must share a transaction): an ordinary write transaction."""
+    async def write_async_commit(self, w: Write) -> None:
+        """One insert or update, a transaction by itself, whose commit does not wait for the
+        disk: it is visible at once and durable once any later commit on this database that
+        does wait (every other commit of OpenPSE's) is, because both backends keep commits in
+        order. A crash of the machine (not of a process) can lose it only together with every
+        commit after it, as if it had not run. PostgreSQL: asynchronous commit
+        (``synchronous_commit`` off for this statement's own transaction, set inside it, in
+        autocommit). SQLite (WAL): ``synchronous=NORMAL`` for this transaction only, its COMMIT
+        inline (no fsync to wait for), then back to ``FULL``.
+
+        For writes that stand in for another system's books and that OpenPSE's next durable
+        commit follows (the sandbox acquirer's record, connectors/simulator): never for
+        OpenPSE's own state, whose commits stay durable. A unique-key violation raises
+        ``IntegrityError`` as any write does. While a deferred first write is still to
+        run in this context (it must share a transaction) it commits durably with it."""
         first = _FIRST_WRITE.get()
-        if self.is_sqlite or (first is not None and first.pending()):
+        if first is not None and first.pending():
             async with self._unit() as conn:
-                yield conn
+                await direct(conn).write(w)
+            return
+        if self.is_sqlite:
+            async with self._unit(async_commit=True) as conn:
+                await direct(conn).write(w)
             return
         async with self._writer_slots:
             conn = await self._checkout()
             try:
-                yield conn
-                if conn.in_transaction():  # a statement run through SQLAlchemy began one
-                    await conn.commit()
+                await direct(conn).execute(_ASYNC_COMMIT_SQL, writes=(w,))
             finally:
                 await self._give_back(conn)
 
     @asynccontextmanager
-    async def _unit(self, *, alone: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def _unit(self, *, alone: bool = False,
+                    async_commit: bool = False) -> AsyncIterator[AsyncConnection]:
         # Write transactions run on connections this object keeps open (checking one out of
         # the engine's pool and resetting it on return cost more than many statements).
         async with self._writer_slots, self._between_processes():
@@ -243,7 +259,7 @@ class Database:
                     # greenlets cost more than a small statement): statements run directly
                     # (storage/direct.py) are inside it whatever runs first, and one through
                     # SQLAlchemy joins it (its autobegin issues no second BEGIN: _on_begin).
-                    await d.begin_unit()
+                    await d.begin_unit(async_commit=async_commit)
                     if first is not None:
                         await first.run(conn)
                 yield conn
@@ -272,6 +288,9 @@ class Database:
                 raise
             finally:
                 d.undefer()
+                if async_commit:  # the connection goes back durable, whatever happened
+                    with contextlib.suppress(Exception):
+                        d.end_async_commit()
                 if first is not None:
                     first.rolled_back()
                 await self._give_back(conn)
@@ -423,7 +442,7 @@ def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
             dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

@@ -35,6 +35,8 @@ from sqlalchemy import JSON, Boolean, Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from openpse.storage.inline_sqlite import SQLITE_SYNCHRONOUS
+
 __all__ = ["Direct", "Foldable", "GatedStatement", "GuardMissed", "Write", "Writes", "decode",
            "direct", "json_param", "prefixed", "unprefixed"]
 
@@ -273,7 +275,7 @@ def _guard_ctes(guards: Sequence[Write]) -> list[str]:
 class Direct:
     """The driver connection of one pooled connection (one per pooled connection, reused)."""
 
-    __slots__ = ("_adapter", "_deferred", "_lite", "_sealed", "is_sqlite")
+    __slots__ = ("_adapter", "_async_commit", "_deferred", "_lite", "_sealed", "is_sqlite")
 
     def __init__(self, adapter: Any, lite: sqlite3.Connection | None) -> None:
         self._adapter = adapter
@@ -284,6 +286,7 @@ class Direct:
         # committed by itself (nothing may follow it).
         self._deferred: tuple[AsyncConnection, Foldable | None] | None = None
         self._sealed = False
+        self._async_commit = False  # SQLite: this unit commits with synchronous=NORMAL
 
     def defer(self, conn: AsyncConnection, first: Foldable | None) -> None:
         """PostgreSQL: begin ``conn``'s unit of work at its first statement, not now, and run
@@ -333,12 +336,18 @@ class Direct:
                 and adapter.isolation_level != "autocommit"):
             await adapter._start_transaction()
 
-    async def begin_unit(self) -> None:
+    async def begin_unit(self, *, async_commit: bool = False) -> None:
         """BEGIN a unit of work on the driver (``Database._unit``), not through SQLAlchemy's
         transaction (its begin and commit pass through greenlets: ≈ 50 µs of CPU a
         transaction). SQLite: BEGIN IMMEDIATE (the write lock, now); PostgreSQL: the adapter's
-        transaction, which a statement through SQLAlchemy then joins."""
+        transaction, which a statement through SQLAlchemy then joins. ``async_commit``
+        (SQLite; ``Database.write_async_commit``): the unit's COMMIT will not wait for the disk
+        (``synchronous=NORMAL``, which SQLite lets change only outside a transaction, so
+        here; :meth:`end_async_commit` sets it back)."""
         if self._lite is not None:
+            if async_commit:
+                self._lite.execute("PRAGMA synchronous=NORMAL")
+                self._async_commit = True
             self._lite.execute("BEGIN IMMEDIATE")
         else:
             await self.begin()
@@ -354,7 +363,11 @@ class Direct:
         """COMMIT the driver's open transaction, if any (SQLite: on the connection's commit
         thread, storage/inline_sqlite.py)."""
         if self._lite is not None:
-            await self._adapter._connection.commit()
+            if self._async_commit:  # no fsync to wait for: inline, no hop to the commit thread
+                self._adapter._connection.commit_inline()
+                self.end_async_commit()
+            else:
+                await self._adapter._connection.commit()
             return
         tr, self._adapter._transaction = self._adapter._transaction, None
         if tr is not None:
@@ -368,10 +381,18 @@ class Direct:
         if self._lite is not None:
             if self._lite.in_transaction:
                 self._lite.rollback()
+            self.end_async_commit()
             return
         tr, self._adapter._transaction = self._adapter._transaction, None
         if tr is not None:
             await tr.rollback()
+
+    def end_async_commit(self) -> None:
+        """SQLite: set the connection's commits back to durable after an ``async_commit``
+        unit (outside its transaction: inside one SQLite refuses the change)."""
+        if self._async_commit and self._lite is not None:
+            self._lite.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+            self._async_commit = False
 
     async def _pg_conn(self) -> Any:
         return self._adapter._connection

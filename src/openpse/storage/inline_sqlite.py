@@ -28,7 +28,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["InlineConnection", "inline_creator"]
+__all__ = ["SQLITE_SYNCHRONOUS", "InlineConnection", "inline_creator"]
+
+# Every connection's durability: a COMMIT returns once the WAL is on disk (fsync). The one
+# exception, a single statement that stands in for another system's books, is
+# Database.write_async_commit.
+SQLITE_SYNCHRONOUS = "FULL"
 
 
 class InlineCursor:
@@ -128,6 +133,13 @@ class InlineConnection:
         if self._committer is None:
             self._committer = _Committer(self._commit)
         await self._committer.commit()
+
+    def commit_inline(self) -> None:
+        """COMMIT on the calling thread: for a commit that waits for no disk
+        (``synchronous=NORMAL``, Database.write_async_commit), which a hop to the commit
+        thread would only slow down."""
+        if self._conn.in_transaction:
+            self._commit()
 
     def _commit(self) -> None:
         self._conn.commit()
