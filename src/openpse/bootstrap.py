@@ -154,8 +154,10 @@ async def run_worker(settings: Settings) -> None:
     import asyncio
     import signal
 
+    from openpse import process_metrics
     from openpse.worker import build_worker
 
+    process_metrics.mark_exit_at_end()
     configure_logging(settings.log_level, settings.log_file)
     svc = build_services(settings)
     w = build_worker(svc)

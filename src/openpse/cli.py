@@ -85,6 +85,8 @@ def serve(
     """Run the API, hosted pages and (unless --no-worker) the background worker."""
     import uvicorn
 
+    from openpse import process_metrics
+
     settings = _settings(database_url)
     if database_url:
         os.environ["OPENPSE_DATABASE_URL"] = database_url
@@ -100,9 +102,11 @@ def serve(
                f"{_safe_url(settings.resolved_database_url())})", err=True)
     # proxy_headers=False: the API pipeline alone decides whom to believe about the client's
     # address (OPENPSE_TRUSTED_PROXIES); uvicorn's own default would trust any local peer.
-    uvicorn.run("openpse.asgi:create", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10,
-                proxy_headers=False)
+    # Several processes: /metrics sums them all (process_metrics.py)
+    with process_metrics.shared_dir_for(workers):
+        uvicorn.run("openpse.asgi:create", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=10, proxy_headers=False)
 
 
 @app.command()

@@ -8,12 +8,20 @@
 - ``openpse_webhook_queue_depth{endpoint}`` / ``openpse_webhook_oldest_due_age_seconds{endpoint}``:
   pending deliveries, and how long the longest-waiting due one has waited, for the
   ``MAX_ENDPOINT_SERIES`` deepest queues; ``..._total`` / ``..._max`` over all endpoints.
+
+Across processes (``PROMETHEUS_MULTIPROC_DIR``, openpse/process_metrics.py) the queue gauges
+show the most recent value any live process published: each publishes the same snapshot of
+the database. An endpoint that left the snapshot is set to 0 there (a process's file keeps
+every series it ever wrote, so clearing alone would leave its last depth behind).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prometheus_client import Counter, Gauge, Histogram
 
+from openpse import process_metrics
 from openpse.webhooks.outbox import QueueSnapshot
 
 __all__ = [
@@ -46,23 +54,37 @@ DELIVERY_LAG = Histogram(
     "From an event's commit to the 2xx that delivered it (retries included)",
     buckets=LAG_BUCKETS_S,
 )
+# how processes' values of a snapshot gauge combine
+_SNAPSHOT: Literal["livemostrecent"] = "livemostrecent"
 QUEUE_DEPTH = Gauge(
-    "openpse_webhook_queue_depth", "Pending webhook deliveries of an endpoint", ["endpoint"]
+    "openpse_webhook_queue_depth", "Pending webhook deliveries of an endpoint", ["endpoint"],
+    multiprocess_mode=_SNAPSHOT,
 )
 OLDEST_DUE_AGE = Gauge(
     "openpse_webhook_oldest_due_age_seconds",
     "How long an endpoint's longest-waiting due delivery has been due",
-    ["endpoint"],
+    ["endpoint"], multiprocess_mode=_SNAPSHOT,
 )
-QUEUE_DEPTH_TOTAL = Gauge("openpse_webhook_queue_depth_total", "Pending webhook deliveries")
+QUEUE_DEPTH_TOTAL = Gauge("openpse_webhook_queue_depth_total", "Pending webhook deliveries",
+                          multiprocess_mode=_SNAPSHOT)
 OLDEST_DUE_AGE_MAX = Gauge(
     "openpse_webhook_oldest_due_age_seconds_max",
     "How long the longest-waiting due webhook delivery has been due",
+    multiprocess_mode=_SNAPSHOT,
 )
+_published: set[str] = set()  # endpoints this process has a series for
 
 
 def publish_queue(snapshot: QueueSnapshot, *, now_s: int) -> None:
-    """Replace the queue gauges (endpoints no longer in ``snapshot`` drop their series)."""
+    """Replace the queue gauges (endpoints no longer in ``snapshot`` drop their series; across
+    processes they read 0)."""
+    current = {q.endpoint_id for q in snapshot.endpoints}
+    if process_metrics.enabled():
+        for gone in _published - current:
+            QUEUE_DEPTH.labels(gone).set(0)
+            OLDEST_DUE_AGE.labels(gone).set(0)
+    _published.intersection_update(current)
+    _published.update(current)
     QUEUE_DEPTH.clear()
     OLDEST_DUE_AGE.clear()
     for q in snapshot.endpoints:

@@ -7,6 +7,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from openpse import process_metrics
 from openpse.api.errors import JSON_CONTENT_TYPE, json_bytes
 
 router = APIRouter(tags=["system"])
@@ -29,5 +30,6 @@ async def healthz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus text format", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics_registry
+    # every process's samples when several share a metrics directory (process_metrics.py)
+    registry = process_metrics.registry_to_scrape(request.app.state.metrics_registry)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
