@@ -75,6 +75,40 @@ async def test_a_failed_asynchronous_commit_leaves_nothing_and_the_connection_du
     assert await _count(services, ref, other, f"core-{other}") == 3
 
 
+_KILLED_AFTER_WRITE = """
+import asyncio, os, signal, sys
+from openpse.config import to_async_url
+from openpse.storage.db import Database
+from openpse.storage.tables import simulator_operations
+
+async def main():
+    db = Database(to_async_url(sys.argv[1]))
+    await db.write_async_commit((simulator_operations, {
+        "reference": sys.argv[2], "operation": "sale", "amount": 100, "currency": "JPY",
+        "result": {"outcome": "captured"}, "created": 1}))
+    sys.stdout.write("written\\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # no clean shutdown, no later commit
+
+asyncio.run(main())
+"""
+
+
+async def test_an_asynchronous_commit_survives_its_process_being_killed(
+        services: Any, migrated_db: str) -> None:
+    """Only a crash of the machine can lose it: the write is in PostgreSQL's WAL buffers, or
+    in SQLite's WAL file, the moment the statement returns."""
+    import signal
+    import subprocess
+    import sys
+
+    ref = f"killed-{uuid.uuid4().hex}"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_WRITE, migrated_db, ref],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL and proc.stdout == "written\n", proc.stderr
+    assert await _count(services, ref) == 1
+
+
 class _Hook:
     """A deferred first write (as a request's idempotency claim is): one row of its own."""
 

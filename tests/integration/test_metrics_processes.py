@@ -23,6 +23,7 @@ from tests.conftest import new_merchant
 from tests.support.ledger import VISA, payment_body
 from tests.support.receiver import Receiver
 from tests.support.servers import ServerProcess, openpse_bin
+from tests.support.webhooks import fresh_db, isolated_services
 
 RESPONSES = "openpse_http_responses_total"
 
@@ -96,11 +97,17 @@ def test_two_api_processes_count_every_answer_whichever_is_scraped(
 
 
 async def test_a_separate_worker_shows_its_deliveries_through_the_apis_metrics(
-        migrated_db: str, services: Any, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
+    # a database of its own: the session's server runs a worker that would deliver first
+    async with fresh_db(tmp_path) as url, isolated_services(url, tmp_path) as services:
+        await _worker_beside_two_api_processes(url, services, tmp_path)
+
+
+async def _worker_beside_two_api_processes(url: str, services: Any, tmp_path: Path) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     shared = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    srv = ServerProcess(database_url=migrated_db, data_dir=tmp_path / "data",
+    srv = ServerProcess(database_url=url, data_dir=tmp_path / "data",
                         log_file=tmp_path / "server.log", env_extra=shared,
                         args=["--workers", "2", "--no-worker"])
     srv.start()
@@ -110,7 +117,7 @@ async def test_a_separate_worker_shows_its_deliveries_through_the_apis_metrics(
     try:
         _exact_totals(srv, metrics_dir)
         delivered = 'openpse_webhook_deliveries_total'
-        before = _scrape(srv.base_url, delivered, outcome="succeeded")
+        assert _scrape(srv.base_url, delivered, outcome="succeeded") == 0
         kit = await new_merchant(services, srv.base_url)
         raw = kit.raw()
         with Receiver() as r:
@@ -120,11 +127,11 @@ async def test_a_separate_worker_shows_its_deliveries_through_the_apis_metrics(
             res = raw.post("/v1/payments", payment_body(VISA, amount=1500, currency="JPY"))
             assert res.status_code == 201, res.text
             r.wait_for(lambda: len(r.at("/hook")) >= 1, timeout_s=15)
-        deadline = time.monotonic() + 10  # the worker counts the attempt once it is recorded
-        while (_scrape(srv.base_url, delivered, outcome="succeeded") < before + 1
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-        assert _scrape(srv.base_url, delivered, outcome="succeeded") == before + 1
+            deadline = time.monotonic() + 10  # counted once the attempt is recorded
+            while (_scrape(srv.base_url, delivered, outcome="succeeded") < 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.1)
+        assert _scrape(srv.base_url, delivered, outcome="succeeded") == 1
     finally:
         worker.terminate()
         worker.wait(timeout=20)
