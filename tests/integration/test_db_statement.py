@@ -466,3 +466,64 @@ async def test_the_units_first_read_carries_a_deferred_first_write(services: Any
     assert hook.state == "committed"
     assert hook.joined_row == (None if services.db.is_sqlite else {"reference": hook_ref})
     assert await _count(services, hook_ref, later) == 2
+
+
+async def test_a_lone_statement_chosen_as_a_deadlocks_victim_is_a_missed_guard(
+        services: Any, migrated_db: str) -> None:
+    """PostgreSQL: the lone statement (``execute_guarded(last=True)`` run alone) locks its
+    guards' rows in order; another transaction holding the second and then asking for the
+    first makes a deadlock. The lone statement is the victim (the other session waits 10 s
+    before checking): it raises ``GuardMissed`` with nothing of it written, so its caller's
+    locked path decides again (``payments.unlocked_first``), instead of a driver error."""
+    import asyncio
+
+    import asyncpg
+
+    from openpse.storage.direct import GuardMissed
+
+    if services.db.is_sqlite:  # one writer at a time: no deadlock to lose
+        return
+    first, second, ref = (f"dl-{p}-{uuid.uuid4().hex}" for p in ("first", "second", "stmt"))
+    async with services.db.transaction() as tx:
+        await direct(tx).insert(simulator_operations, _op(first))
+        await direct(tx).insert(simulator_operations, _op(second))
+    other = await asyncpg.connect(migrated_db)
+    try:
+        await other.execute("SET deadlock_timeout = '10s'")
+        await other.execute("BEGIN")
+        await other.execute("UPDATE simulator_operations SET amount = 101 WHERE reference = $1",
+                            second)
+
+        async def lone() -> list[int]:
+            async with services.db.transaction(alone=True) as tx:
+                return await direct(tx).execute_guarded(
+                    _MAIN, _main(ref), last=True,
+                    guards=[(simulator_operations, {"amount": 200},
+                             {"reference": r, "amount": 100}) for r in (first, second)])
+
+        victim = asyncio.create_task(lone())
+        for _ in range(100):  # until it waits for the row the other session holds
+            waiting = await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()")
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1
+        # the other session now asks for the row the lone statement holds: a deadlock
+        await other.execute("UPDATE simulator_operations SET amount = 101 WHERE reference = $1",
+                            first)
+        with pytest.raises(GuardMissed, match="deadlock"):
+            await victim
+        await other.execute("COMMIT")
+    finally:
+        await other.close()
+    async with services.db.read() as conn:
+        amounts = {r.reference: r.amount for r in (await conn.execute(
+            select(simulator_operations.c.reference, simulator_operations.c.amount).where(
+                simulator_operations.c.reference.in_((first, second))))).all()}
+    assert amounts == {first: 101, second: 101}  # the victim's update of `first` is gone
+    assert await _count(services, ref) == 0
+    async with services.db.transaction(alone=True) as tx:  # the writers are usable
+        await direct(tx).execute_guarded(_MAIN, _main(ref), last=True)
+    assert await _count(services, ref) == 1

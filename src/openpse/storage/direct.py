@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
+from asyncpg.exceptions import DeadlockDetectedError as _PG_DEADLOCK
 from asyncpg.exceptions import IntegrityConstraintViolationError as _PG_INTEGRITY
 from asyncpg.exceptions import InvalidTextRepresentationError as _PG_BAD_TEXT
 from sqlalchemy import JSON, Boolean, Table
@@ -239,7 +240,9 @@ _GUARD_MISSED = "openpse: a guarded row changed"
 
 class GuardMissed(RuntimeError):
     """A version-checked (guarded) update found its row changed since it was read: another
-    transaction changed it. Nothing of the statement or unit was written."""
+    transaction changed it. Nothing of the statement or unit was written. A lone statement
+    (``execute_guarded(last=True)`` run alone) that PostgreSQL chose as a deadlock's victim
+    raises it too: it was rolled back whole, and the caller's locked path decides again."""
 
 
 def _as_update(w: Write) -> tuple[Table, Mapping[str, Any], Mapping[str, Any]]:
@@ -500,6 +503,8 @@ class Direct:
                 missed = [dict(_as_update(g)[2]) for g in guards]
                 raise GuardMissed(f"a guarded update missed: {missed}") from exc
             raise
+        except _PG_DEADLOCK as exc:  # the statement was the victim: nothing of it is written
+            raise GuardMissed(f"a deadlock's victim, rolled back: {exc}") from exc
         self._sealed = True
         return [1] * len(guards)
 
