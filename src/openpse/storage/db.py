@@ -216,12 +216,9 @@ class Database:
         ``IntegrityError`` as any write does. While a deferred first write is still to
         run in this context (it must share a transaction) it commits durably with it."""
         first = _FIRST_WRITE.get()
-        if first is not None and first.pending():
-            async with self._unit() as conn:
-                await direct(conn).write(w)
-            return
-        if self.is_sqlite:
-            async with self._unit(async_commit=True) as conn:
+        shared = first is not None and first.pending()
+        if self.is_sqlite or shared:
+            async with self._unit(async_commit=self.is_sqlite and not shared) as conn:
                 await direct(conn).write(w)
             return
         async with self._writer_slots:

@@ -368,7 +368,6 @@ class Direct:
         if self._lite is not None:
             if self._async_commit:  # no fsync to wait for: inline, no hop to the commit thread
                 self._adapter._connection.commit_inline()
-                self.end_async_commit()
             else:
                 await self._adapter._connection.commit()
             return
@@ -384,15 +383,15 @@ class Direct:
         if self._lite is not None:
             if self._lite.in_transaction:
                 self._lite.rollback()
-            self.end_async_commit()
             return
         tr, self._adapter._transaction = self._adapter._transaction, None
         if tr is not None:
             await tr.rollback()
 
     def end_async_commit(self) -> None:
-        """SQLite: set the connection's commits back to durable after an ``async_commit``
-        unit (outside its transaction: inside one SQLite refuses the change)."""
+        """SQLite: set the connection's commits back to durable once an ``async_commit`` unit
+        ended, committed or not (``Database._unit`` calls it last; outside the transaction:
+        inside one SQLite refuses the change)."""
         if self._async_commit and self._lite is not None:
             self._lite.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
             self._async_commit = False
