@@ -62,17 +62,17 @@ def mark_exit_at_end() -> None:
 
 
 @contextmanager
-def shared_dir_for(processes: int) -> Iterator[str | None]:
+def shared_dir_for(processes: int) -> Iterator[None]:
     """For ``serve --workers N``: a fresh directory for the N processes' metrics, set in the
     environment they inherit and removed afterwards, unless one is set already (then it is
     used as it is) or there is only one process (nothing to share)."""
     if enabled() or processes <= 1:
-        yield os.environ.get(ENV) or None
+        yield
         return
     path = tempfile.mkdtemp(prefix="openpse-metrics-")
     os.environ[ENV] = path
     try:
-        yield path
+        yield
     finally:
         os.environ.pop(ENV, None)
         shutil.rmtree(path, ignore_errors=True)

@@ -83,7 +83,7 @@ def publish_queue(snapshot: QueueSnapshot, *, now_s: int) -> None:
         for gone in _published - current:
             QUEUE_DEPTH.labels(gone).set(0)
             OLDEST_DUE_AGE.labels(gone).set(0)
-    _published.intersection_update(current)
+    _published.clear()
     _published.update(current)
     QUEUE_DEPTH.clear()
     OLDEST_DUE_AGE.clear()
