@@ -2,9 +2,10 @@
 
 ``WebhookSender.send`` vets the URL again at send time (``ssrf.check_url``: the endpoint's DNS
 may have changed since it was created), then POSTs with the connection *pinned* to the vetted
-addresses: the transport's network backend connects only to an address vetted for this very
-request and refuses anything else, so the HTTP client never resolves the name a second time and
-a rebinding DNS answer cannot slip through. The URL, and so the ``Host`` header, TLS SNI and
+addresses: aiohttp's resolver and socket factory (``_PinnedResolver``, ``_pinned_socket``)
+answer with and connect to only an address vetted for this very request and refuse anything
+else, so the HTTP client never resolves the name a second time and a rebinding DNS answer
+cannot slip through. The URL, and so the ``Host`` header, TLS SNI and
 certificate verification, keep the original host name; only the TCP connect is pinned, for
 ``http`` and ``https`` alike.
 
