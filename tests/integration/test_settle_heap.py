@@ -1,6 +1,7 @@
 """The processes that own their interpreter (``openpse serve``'s app factory, ``openpse
-worker``) freeze their startup heap out of the cyclic collector's sight once built
-(``bootstrap.settle_heap``); code that builds apps and drops them (tests, embedders) does not.
+worker``) freeze their startup heap out of the cyclic collector's sight once built and raise
+the youngest generation's threshold (``bootstrap.settle_heap``); code that builds apps and
+drops them (tests, embedders) does neither.
 
 Each check runs in a fresh interpreter: freezing is per process and cannot be undone here."""
 
@@ -12,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from openpse.bootstrap import YOUNG_GENERATION_THRESHOLD
 from tests.support.servers import TEST_MASTER_KEY
 
 # Far fewer objects than the app's modules, models and tables make (≈ 140,000 measured).
@@ -28,35 +30,42 @@ def _python(code: str, db_url: str, tmp: Path) -> list[int]:
 
 
 def test_the_serve_factory_freezes_the_built_app(migrated_db: str, tmp_path: Path) -> None:
-    before, after = _python("""
+    counts = _python("""
         import gc
         from openpse.asgi import create
         before = gc.get_freeze_count()
         create()
-        print(before, gc.get_freeze_count())
+        print(before, gc.get_freeze_count(), *gc.get_threshold())
     """, migrated_db, tmp_path)
+    before, after, young, older, oldest = counts
     assert before == 0
     assert after > MANY_OBJECTS
+    # the young generation's threshold raised; the older ones kept at CPython's defaults
+    assert (young, older, oldest) == (YOUNG_GENERATION_THRESHOLD, 10, 10)
 
 
 def test_building_an_app_alone_freezes_nothing(migrated_db: str, tmp_path: Path) -> None:
-    (count,) = _python("""
+    counts = _python("""
         import gc
         from openpse.bootstrap import build_app
         from openpse.config import Settings
         build_app(Settings())
-        print(gc.get_freeze_count())
+        print(gc.get_freeze_count(), gc.get_threshold()[0])
     """, migrated_db, tmp_path)
+    count, young = counts
     assert count == 0
+    assert young == 700  # CPython's default: tests and embedders keep their collector as is
 
 
 def test_the_worker_freezes_its_heap_once_built(migrated_db: str, tmp_path: Path) -> None:
-    (count,) = _python("""
+    counts = _python("""
         import asyncio, gc, os, signal, threading
         from openpse.bootstrap import run_worker
         from openpse.config import Settings
         threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
         asyncio.run(run_worker(Settings()))
-        print(gc.get_freeze_count())
+        print(gc.get_freeze_count(), gc.get_threshold()[0])
     """, migrated_db, tmp_path)
+    count, young = counts
     assert count > MANY_OBJECTS // 4  # the worker builds no API: fewer objects
+    assert young == YOUNG_GENERATION_THRESHOLD
