@@ -28,7 +28,7 @@ class Runtime:
 
 def build_services(settings: Settings) -> Services:
     master = settings.master_key_bytes()
-    db = Database(settings.resolved_database_url())
+    db = Database(settings.resolved_database_url(), key_cache=settings.key_cache)
     svc = Services(
         db=db,
         settings=settings,

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # An Idempotency-Key whose request is still "in progress" after this long is taken to
     # belong to a crashed process, and a retry takes it over and resumes the work.
     idempotency_lock_timeout_s: int = 30
+    # PostgreSQL: each API process keeps the access keys it has read until a notification
+    # (LISTEN openpse_auth) says they changed (storage/key_cache.py). Off: every request reads
+    # its key. It turns itself off where notifications do not arrive (PgBouncer in
+    # transaction mode); set it off there anyway to save the probe's connections.
+    key_cache: bool = True
     # Worker poll interval when idle.
     worker_poll_interval_s: float = 0.5
     # ``payment.expiring_soon`` is emitted this long before an unpaid voucher or bank transfer

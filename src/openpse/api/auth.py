@@ -220,15 +220,24 @@ class Authenticator:
         if len(key_id) > 64 or not key_id.startswith(("ak_test_", "ak_live_")):
             row = None
         else:
-            async with self._db.read() as conn:
-                row = await direct(conn).fetchone(_KEY_SQL, {"id": key_id}, table=access_keys)
+            # PostgreSQL: the row as last read, while no process has changed it since
+            # (storage/key_cache.py); a read otherwise, kept for the next request.
+            cache = self._db.key_cache
+            row = cache.get(key_id) if cache is not None else None
+            if row is None:
+                token = cache.token() if cache is not None else None
+                async with self._db.read() as conn:
+                    row = await direct(conn).fetchone(_KEY_SQL, {"id": key_id},
+                                                      table=access_keys)
+                if row is not None and cache is not None:
+                    cache.put(key_id, row, token)
         if row is None:
             raise AuthenticationFailed(
                 f"no access key {key_id[:64]!r}: check X-PSE-Access-Key (keys start with "
                 "ak_test_ or ak_live_)",
                 code="unknown_access_key",
             )
-        return row
+        return dict(row)  # a copy: authenticate takes the merchant's columns out of it
 
     @staticmethod
     def _check_key_usable(key: dict[str, Any], key_id: str, now: int) -> None:

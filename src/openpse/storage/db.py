@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from openpse.storage.direct import Foldable, GatedStatement, Write, direct
 from openpse.storage.inline_sqlite import SQLITE_SYNCHRONOUS, inline_creator
+from openpse.storage.key_cache import KeyCache
 from openpse.storage.sqlite_lock import WriterFileLock, lock_path_for
 
 __all__ = ["Database", "FirstWrite", "Tx", "before_commit", "first_write", "on_rollback"]
@@ -54,6 +56,11 @@ BEFORE_COMMIT = "before_commit"
 # In TX_SCOPED_INFO: plain callables ``hook()`` run when the unit does not commit (or its
 # commit's outcome is unknown): to take back what the caller believed written.
 ON_ROLLBACK = "on_rollback"
+# In TX_SCOPED_INFO: set when the unit updated or deleted access keys or merchants (through
+# SQLAlchemy, as every such change does): this process's key cache is dropped after the commit.
+AUTH_CHANGED = "auth_changed"
+_AUTH_CHANGE = re.compile(r"\s*(?:UPDATE|DELETE\s+FROM)\s+(?:access_keys|merchants)\b",
+                          re.IGNORECASE)
 
 
 class FirstWrite(Protocol):
@@ -127,10 +134,16 @@ def take_before_commit(conn: AsyncConnection) -> list[GatedStatement] | None:
 class Database:
     """Owns the engines. ``transaction()`` is the unit of work: commit, or roll back on error."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, key_cache: bool = True) -> None:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         self.is_sqlite = self.dialect == "sqlite"
+        # PostgreSQL: access keys kept in the process until a notification says they changed
+        # (storage/key_cache.py); it listens only once something asks it for a key.
+        self.key_cache: KeyCache | None = None
+        if key_cache and not self.is_sqlite:
+            self.key_cache = KeyCache(make_url(url).set(drivername="postgresql")
+                                      .render_as_string(hide_password=False))
         self._idle_writers: list[tuple[AsyncConnection, float]] = []
         self._writers_open = 0
         # Read connections kept open between reads, as the writers are (at most this many).
@@ -189,6 +202,7 @@ class Database:
             )
             self.read_engine = self.engine
             _ping_idle(self.engine)
+            _mark_auth_changes(self.engine)
 
     @asynccontextmanager
     async def transaction(self, *, alone: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -272,6 +286,8 @@ class Database:
                 if first is not None:
                     first.committed()
                     first = None
+                if scoped.get(AUTH_CHANGED) and self.key_cache is not None:
+                    self.key_cache.changed()  # before anyone hears of the change from us
             except BaseException:
                 for undo in scoped.get(ON_ROLLBACK, ()):
                     undo()
@@ -371,6 +387,8 @@ class Database:
             return False
 
     async def dispose(self) -> None:
+        if self.key_cache is not None:
+            await self.key_cache.close()
         while self._idle_readers:
             conn, _ = self._idle_readers.pop()
             with contextlib.suppress(Exception):
@@ -383,6 +401,17 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+
+
+def _mark_auth_changes(engine: AsyncEngine) -> None:
+    """Mark a unit that updates or deletes access keys or merchants (AUTH_CHANGED)."""
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _mark(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement[:1] in "UuDd" and _AUTH_CHANGE.match(statement):
+            scoped = conn.info.get(TX_SCOPED_INFO)
+            if scoped is not None:
+                scoped[AUTH_CHANGED] = True
 
 
 PING_IDLE_AFTER_S = 10.0
