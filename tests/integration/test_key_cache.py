@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from openpse.storage.key_cache import LISTENER_NAME, KeyCache
+from openpse.storage.key_cache import KeyCache, listener_name
 from tests.conftest import BACKEND, MerchantKit, new_merchant
 from tests.support.api_asserts import assert_error
 
@@ -41,23 +41,25 @@ async def _sql(url: str, sql: str, *args: Any, silent: bool = False) -> None:
         await conn.close()
 
 
-async def _listening(url: str) -> int:
+async def _listening(url: str, server: Any) -> int:
+    """The server's listening connections (``serve`` with one process: its own pid)."""
     conn = await asyncpg.connect(_dsn(url))
     try:
         return int(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", LISTENER_NAME))
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            listener_name(server.proc.pid)))
     finally:
         await conn.close()
 
 
-async def _used(kit: MerchantKit, url: str) -> None:
+async def _used(kit: MerchantKit, url: str, server: Any) -> None:
     """Use ``kit``'s key until the server listens (its first request starts the listener; a
     row read before the listener is in force is not kept), then once more so it is kept."""
     raw = kit.raw()
     deadline = time.monotonic() + 10
     while True:
         assert raw.get("/v1/account").status_code == 200
-        if await _listening(url) > 0:
+        if await _listening(url, server) > 0:
             break
         assert time.monotonic() < deadline, "the server never started listening"
         await asyncio.sleep(0.05)
@@ -79,7 +81,7 @@ async def _refused_within(kit: MerchantKit, code: str, status: int, seconds: flo
 
 async def test_a_used_key_is_served_without_a_read(services, server, migrated_db):
     kit = await new_merchant(services, server.base_url)
-    await _used(kit, migrated_db)
+    await _used(kit, migrated_db, server)
     # Revoked behind the server's back (no notification): the kept row still lets it in,
     # which a read would not.
     await _sql(migrated_db, "UPDATE access_keys SET status = 'revoked' WHERE id = $1",
@@ -103,23 +105,24 @@ async def test_a_used_key_is_served_without_a_read(services, server, migrated_db
 async def test_a_change_from_another_session_is_refused_at_once(
         services, server, migrated_db, change, code, status):
     kit = await new_merchant(services, server.base_url)
-    await _used(kit, migrated_db)
+    await _used(kit, migrated_db, server)
     await _sql(migrated_db, change, kit.access_key)
     await _refused_within(kit, code, status, 2)
 
 
 async def test_without_its_listener_the_server_reads_every_key(services, server, migrated_db):
     kit = await new_merchant(services, server.base_url)
-    await _used(kit, migrated_db)
+    await _used(kit, migrated_db, server)
     conn = await asyncpg.connect(_dsn(migrated_db))
     try:
+        name = listener_name(server.proc.pid)
         ended = await conn.fetchval(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = $1) t", LISTENER_NAME)
-        assert ended >= 1
+            "WHERE application_name = $1) t", name)
+        assert ended == 1
         deadline = time.monotonic() + 5
         while await conn.fetchval("SELECT count(*) FROM pg_stat_activity "
-                                  "WHERE application_name = $1", LISTENER_NAME):
+                                  "WHERE application_name = $1", name):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
     finally:

@@ -33,17 +33,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from typing import Any
 
-__all__ = ["CHANNEL", "KeyCache"]
+__all__ = ["CHANNEL", "KeyCache", "listener_name"]
 
 CHANNEL = "openpse_auth"
 MAX_KEYS = 10_000
 RETRY_S = 5.0
-LISTENER_NAME = "openpse-key-cache"
+LISTENER_NAME = "openpse-key-cache"  # the listening connection's application_name: ":<pid>"
 PROBE_TIMEOUT_S = 2.0
+
+
+def listener_name(pid: int | None = None) -> str:
+    """The ``application_name`` of process ``pid``'s listening connection (this one's)."""
+    return f"{LISTENER_NAME}:{os.getpid() if pid is None else pid}"
 
 
 class KeyCache:
@@ -58,7 +64,6 @@ class KeyCache:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._retry_at = 0.0
-        self.hits = 0  # rows served from here (for tests and metrics)
         self.closed = False
 
     # ---- reads -------------------------------------------------------------------------
@@ -78,10 +83,7 @@ class KeyCache:
         if not self.listening():
             self._start_listening()
             return None
-        row = self._rows.get(key_id)
-        if row is not None:
-            self.hits += 1
-        return row
+        return self._rows.get(key_id)
 
     def token(self) -> int | None:
         """Taken before reading a row, given back to :meth:`put` after."""
@@ -112,7 +114,7 @@ class KeyCache:
             row = self._rows.pop(ident, None)
             if row is not None:
                 self._by_merchant.get(row["merchant_id"], set()).discard(ident)
-        else:  # merchants: every key of it (its status and terms ride in each key's row)
+        elif table == "merchants":  # every key of it (its status and terms ride in each row)
             for key_id in self._by_merchant.pop(ident, ()):
                 self._rows.pop(key_id, None)
 
@@ -142,7 +144,7 @@ class KeyCache:
                 with contextlib.suppress(Exception):
                     old.terminate()
             conn = await asyncpg.connect(self._dsn, server_settings={
-                "application_name": LISTENER_NAME})
+                "application_name": listener_name()})
             conn.add_termination_listener(self._lost)
             heard = loop.create_future()
             probe = f"probe:{secrets.token_hex(8)}"
@@ -166,11 +168,13 @@ class KeyCache:
                 return
             self._drop_all()  # whatever was read before LISTEN was in force is not kept
             self._loop, self._conn = loop, conn
-        except Exception:
+        except BaseException as exc:  # refused, no probe heard, or cancelled by close()
             self._retry_at = time.monotonic() + self._retry_s
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._connecting = None
 
