@@ -125,8 +125,7 @@ def unprefixed(row: dict[str, Any], alias: str, columns: Iterable[str],
 
 
 def _encode(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    json_cols = _shape(table).json
-    return {k: (json_param(v) if k in json_cols else v) for k, v in row.items()}
+    return dict(zip(row, _encoded(table, row), strict=True))
 
 
 _STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], str] = {}
@@ -164,7 +163,7 @@ def _names(prefix: str, cols: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _encoded(table: Table, row: Mapping[str, Any]) -> list[Any]:
-    """``row``'s values in its order, JSON columns encoded (as :func:`_encode`)."""
+    """``row``'s values in its order, JSON columns encoded as the drivers take them."""
     json_cols = _shape(table).json
     return [json_param(v) if k in json_cols else v for k, v in row.items()]
 
