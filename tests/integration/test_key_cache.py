@@ -66,15 +66,14 @@ async def _used(kit: MerchantKit, url: str, server: Any) -> None:
     assert raw.get("/v1/account").status_code == 200
 
 
-async def _refused_within(kit: MerchantKit, code: str, status: int, seconds: float) -> float:
+async def _refused_within(kit: MerchantKit, code: str, status: int, seconds: float) -> None:
     raw = kit.raw()
     start = time.monotonic()
     while True:
         res = raw.get("/v1/account")
         if res.status_code != 200:
-            assert_error(res, status, "authentication_error" if status == 401
-                         else "permission_error", code)
-            return time.monotonic() - start
+            assert_error(res, status, AUTH if status == 401 else "permission_error", code)
+            return
         assert time.monotonic() - start < seconds, f"still accepted after {seconds} s"
         await asyncio.sleep(0.01)
 
@@ -164,3 +163,23 @@ async def test_a_row_read_while_a_change_lands_is_not_kept(migrated_db):
     finally:
         await cache.close()
     assert not cache.listening()
+
+
+async def test_a_listener_that_cannot_connect_keeps_nothing(migrated_db):
+    # a port nothing listens on: the connection is refused, the cache stays off and waits
+    # RETRY_S before trying again
+    dead = "postgresql://postgres@127.0.0.1:9/none"
+    cache = KeyCache(dead, retry_s=60)
+    try:
+        assert cache.get("ak_test_x") is None  # starts the attempt
+        deadline = time.monotonic() + 10
+        while cache._connecting is not None:
+            assert time.monotonic() < deadline, "the attempt never ended"
+            await asyncio.sleep(0.02)
+        assert not cache.listening()
+        assert cache.token() is None
+        cache.put("ak_test_x", {"id": "ak_test_x", "merchant_id": "mch_x"}, cache.token())
+        assert cache.get("ak_test_x") is None
+        assert cache._connecting is None  # no new attempt before RETRY_S
+    finally:
+        await cache.close()
