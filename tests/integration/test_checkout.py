@@ -555,3 +555,19 @@ async def test_a_sessions_answer_is_stored_with_its_key_in_its_transaction(servi
                                req_hash="h-" + key, now=services.now())
     assert isinstance(replay, Replay) and (replay.status, replay.body) == (
         201, orjson.dumps(view))
+
+
+def test_session_completed_event_follows_its_payments_events(merchant) -> None:
+    """A consumer reading events in order (the list, newest first, reversed; or by id) sees the
+    payment succeed before its session completes."""
+    cs = _create(merchant)
+    action, hidden = _form(cs["url"])
+    assert httpx.post(action, data={**hidden, **_card(VISA)}).status_code == 303
+    pay_id = _get(merchant, cs["id"])["payment"]
+    res = merchant.raw().get("/v1/events?limit=100")
+    assert res.status_code == 200, res.text
+    mine = [e for e in reversed(res.json()["data"])
+            if e["data"]["object"]["id"] in (pay_id, cs["id"])]
+    types = [e["type"] for e in mine]
+    assert types.index("payment.succeeded") < types.index("checkout.session.completed"), types
+    assert [e["id"] for e in mine] == sorted(e["id"] for e in mine)
