@@ -41,6 +41,9 @@ class Row:
     cpu_s_per_1000: float = 0.0  # the server's user+system CPU per 1,000 operations
     db_cpu_s_per_1000: float | None = None  # PostgreSQL's, for that database
     peak_rss_mb: float = 0.0  # sum of VmHWM over the server's processes
+    # VmRSS over the server's processes at the measured phase's end minus at its start (after
+    # the warm-up): memory that grows with the requests served (None: not measured)
+    rss_growth_mb: float | None = None
     gen_cpu_us_per_req: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     vs: str = ""  # the ratios, as shown in the Markdown table
@@ -188,8 +191,9 @@ class Report:
             "- settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
             "",
             "| scenario | backend | system | mode | throughput /s | p50 ms | p95 ms | p99 ms "
-            "| max ms | errors | CPU s/1k ops | DB CPU s/1k | peak RSS MB | gen µs/req | vs |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| max ms | errors | CPU s/1k ops | DB CPU s/1k | peak RSS MB | RSS growth MB "
+            "| gen µs/req | vs |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in self.rows:
             out.append(
@@ -197,7 +201,8 @@ class Report:
                 f"{_num(r.throughput_per_s)} {r.unit} | {_num(r.p50_ms)} | {_num(r.p95_ms)} | "
                 f"{_num(r.p99_ms)} | {_num(r.max_ms)} | {r.errors} | "
                 f"{_num(r.cpu_s_per_1000, 2)} | {_num(r.db_cpu_s_per_1000, 2)} | "
-                f"{_num(r.peak_rss_mb, 0)} | {_num(r.gen_cpu_us_per_req, 0)} | {r.vs} |")
+                f"{_num(r.peak_rss_mb, 0)} | {_num(r.rss_growth_mb, 1)} | "
+                f"{_num(r.gen_cpu_us_per_req, 0)} | {r.vs} |")
         if self.comparisons:
             out += ["", "## OpenPSE beside the floor, the prototype and the peer", "",
                     "| backend | OpenPSE | /s | against | /s | ratio |",

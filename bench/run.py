@@ -234,8 +234,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def _merge(phases: list[tuple[LoadResult, ProcSampler]]) -> tuple[LoadResult, ProcSampler]:
-    """Several measured phases of one side as one: counts, time and CPU added up, percentiles
-    over all their latencies."""
+    """Several measured phases of one side as one: counts, time, CPU and memory growth added
+    up, percentiles over all their latencies."""
     results = [r for r, _ in phases]
     lat = sorted(x for r in results for x in r.latencies_s)
     elapsed = sum(r.elapsed_s for r in results)
@@ -256,6 +256,7 @@ def _merge(phases: list[tuple[LoadResult, ProcSampler]]) -> tuple[LoadResult, Pr
     sampler = ProcSampler(samplers[0].root, pg_db=samplers[0].pg_db)
     sampler.cpu_s = sum(s.cpu_s for s in samplers)
     sampler.db_cpu_s = sum(s.db_cpu_s for s in samplers)
+    sampler.rss_growth_mb = sum(s.rss_growth_mb for s in samplers)  # over its phases alone
     return merged, sampler
 
 
@@ -317,7 +318,8 @@ class Suite:
             elapsed_s=res.elapsed_s, p50_ms=res.p50_ms, p95_ms=res.p95_ms, p99_ms=res.p99_ms,
             max_ms=res.max_ms, cpu_s_per_1000=sampler.cpu_s / n * 1000,
             db_cpu_s_per_1000=sampler.db_cpu_s / n * 1000 if sampler.pg_db else None,
-            peak_rss_mb=rss_mb, gen_cpu_us_per_req=res.gen_cpu_us_per_req,
+            peak_rss_mb=rss_mb, rss_growth_mb=sampler.rss_growth_mb,
+            gen_cpu_us_per_req=res.gen_cpu_us_per_req,
             extra={"statuses": res.statuses, "error_samples": res.error_samples,
                    "rate_start_per_s": res.rate_start_per_s, "rate_end_per_s": res.rate_end_per_s,
                    "server_cpu_s": sampler.cpu_s, "db_cpu_s": sampler.db_cpu_s,
@@ -818,7 +820,8 @@ class Suite:
             "CPU s/1k ops: user+system CPU of the server process and all its children per 1,000 "
             "operations in the measured phase; DB CPU: PostgreSQL's own processes for that "
             "database plus its shared ones; peak RSS: sum of VmHWM over the server's processes "
-            "(since it started)")
+            "(since it started); RSS growth: their VmRSS at the measured phase's end minus at "
+            "its start (after the warm-up), where memory kept per request would show")
         return self.report
 
 

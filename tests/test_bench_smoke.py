@@ -99,6 +99,9 @@ def test_bench_smoke(db_url: str, tmp_path: Path) -> None:
         assert row["errors"] == 0, row
         assert row["cpu_s_per_1000"] > 0, row
         assert row["peak_rss_mb"] > 0, row
+        if "gen_processes" in row["extra"]:  # the load generator's phase: growth measured
+            assert isinstance(row["rss_growth_mb"], float), row
+            assert abs(row["rss_growth_mb"]) < row["peak_rss_mb"], row
         lat = [row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
         if scenario not in ("webhook_backlog", "ledger_verify"):
             assert None not in lat, row
