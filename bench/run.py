@@ -62,6 +62,8 @@ DEFAULT_PG_URL: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
 PROTO_KEY: Final = "ak_test_prototype"
 PROTO_SECRET: Final = "sk_test_prototype_0123456789abcdef"
 OPEN_LOOP_SHARE: Final = 0.7  # default open-loop rate: this share of the closed-loop throughput
+# Issue 7's latency target: under an open loop of 500 payments/s, PostgreSQL's p99 at most 50 ms
+TARGET_P99_MS: Final = 50.0
 SUBPROCESS_TIMEOUT_S: Final = 3600
 SCALE_ROUNDS: Final = 3  # pairs of (empty, loaded) phases in the data-scale scenario
 
@@ -69,6 +71,8 @@ SCENARIOS: Final = {
     "floor_healthz": "GET /healthz on the same openpse server, same generator (the HTTP floor)",
     "create_confirm": "signed POST /v1/payments confirm:true, card 4242..., closed loop",
     "create_confirm_open": "the same at a fixed arrival rate (open loop)",
+    "create_confirm_target": "the same at the latency target's arrival rate (500/s; "
+                             "PostgreSQL's p99 target is 50 ms)",
     "get_payment": "GET /v1/payments/{id}",
     "list_payments": "GET /v1/payments?limit=10",
     "refund": "POST /v1/refunds {payment, amount: 1} of payments made earlier",
@@ -89,24 +93,25 @@ GROUPS: Final = {
     "peer": ["peer_create_confirm", "peer_refund", "peer_get"],
     "webhooks": ["webhook_backlog", "webhook_steady"],
     "scale": ["scale_create_confirm", "ledger_verify"],
-    "api": ["create_confirm", "create_confirm_open", "get_payment", "list_payments", "refund",
-            "checkout_session"],
+    "api": ["create_confirm", "create_confirm_open", "create_confirm_target", "get_payment",
+            "list_payments", "refund", "checkout_session"],
 }
 SERVER_SCENARIOS: Final = {"floor_healthz", "create_confirm", "create_confirm_open",
-                           "get_payment", "list_payments", "refund", "checkout_session",
+                           "create_confirm_target", "get_payment", "list_payments", "refund",
+                           "checkout_session",
                            "scale_create_confirm", "ledger_verify"}
 PEER_SCENARIOS: Final = set(GROUPS["peer"])
 
 PROFILES: Final[dict[str, dict[str, Any]]] = {
     "full": {"duration_s": 20.0, "warmup_s": 3.0, "concurrency": 32, "scale_payments": 1_000_000,
              "webhook_events": 10000, "webhook_steady_events": 3000, "webhook_rate": 500.0,
-             "webhook_startup_wait_s": 1.0, "pgbench_clients": 8},
+             "webhook_startup_wait_s": 1.0, "pgbench_clients": 8, "target_rate": 500.0},
     "quick": {"duration_s": 5.0, "warmup_s": 1.0, "concurrency": 32, "scale_payments": 100_000,
               "webhook_events": 2000, "webhook_steady_events": 1000, "webhook_rate": 300.0,
-              "webhook_startup_wait_s": 1.0, "pgbench_clients": 8},
+              "webhook_startup_wait_s": 1.0, "pgbench_clients": 8, "target_rate": 500.0},
     "smoke": {"duration_s": 0.4, "warmup_s": 0.1, "concurrency": 8, "scale_payments": 2000,
               "webhook_events": 200, "webhook_steady_events": 50, "webhook_rate": 100.0,
-              "webhook_startup_wait_s": 0.1, "pgbench_clients": 4},
+              "webhook_startup_wait_s": 0.1, "pgbench_clients": 4, "target_rate": 100.0},
 }
 
 
@@ -121,6 +126,7 @@ class Config:
     requests: int
     concurrency: int
     rate: float
+    target_rate: float
     server_workers: int
     processes: int
     scale_payments: int
@@ -170,6 +176,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--concurrency", type=int, help="closed-loop connections (default 32)")
     ap.add_argument("--rate", type=float, default=0.0,
                     help="open-loop arrivals/s (default: 0.7 x the closed-loop throughput)")
+    ap.add_argument("--target-rate", type=float,
+                    help="create_confirm_target's open-loop arrivals/s (default 500: issue 7's "
+                         "latency target; 100 under --smoke)")
     ap.add_argument("--server-workers", type=int, default=1,
                     help="`openpse serve --workers N` API processes")
     ap.add_argument("--processes", type=int, default=2, help="load generator processes")
@@ -209,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         profile=profile, backends=backends, scenarios=_expand(a.only), out=a.out,
         duration_s=pick(a.duration, "duration_s"), warmup_s=pick(a.warmup, "warmup_s"),
         requests=a.requests, concurrency=pick(a.concurrency, "concurrency"), rate=a.rate,
+        target_rate=pick(a.target_rate, "target_rate"),
         server_workers=a.server_workers, processes=a.processes,
         scale_payments=pick(a.scale_payments, "scale_payments"),
         pg_url=a.pg_url.replace("postgresql+asyncpg://", "postgresql://"),
@@ -223,7 +233,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "profile": profile, "backends": "+".join(backends),
         "measure": f"{cfg.requests} requests" if cfg.requests else f"{cfg.duration_s:g} s",
         "warmup_s": cfg.warmup_s, "concurrency": cfg.concurrency,
-        "open_rate": cfg.rate or f"{OPEN_LOOP_SHARE:g} x closed", "server_workers":
+        "open_rate": cfg.rate or f"{OPEN_LOOP_SHARE:g} x closed",
+        "target_rate": cfg.target_rate, "server_workers":
         cfg.server_workers, "generator_processes": cfg.processes,
         "scale_payments": cfg.scale_payments,
     }
@@ -419,6 +430,19 @@ class Suite:
                 return self.add_load_row("create_confirm_open", backend, "openpse", "payments",
                                          res, sampler, srv.peak_rss_mb())
             self.guarded("create_confirm_open", backend, run_open)
+        if "create_confirm_target" in sel:
+            def run_target() -> Row:
+                res, sampler = self.load(srv.base_url, create, srv.pid, url, mode="open",
+                                         rate=cfg.target_rate)
+                ids.extend(res.ids)
+                row = self.add_load_row("create_confirm_target", backend, "openpse",
+                                        "payments", res, sampler, srv.peak_rss_mb())
+                if backend == "postgresql" and res.p99_ms is not None:
+                    met = res.p99_ms <= TARGET_P99_MS and not res.dropped
+                    row.vs = (f"p99 target ≤ {TARGET_P99_MS:g} ms at {cfg.target_rate:g}/s: "
+                              + ("met" if met else "not met"))
+                return row
+            self.guarded("create_confirm_target", backend, run_target)
         if sel & {"get_payment", "refund"} and not ids:
             res = run_load(srv.base_url, create, concurrency=cfg.concurrency,
                            requests=max(50, cfg.concurrency * 4), warmup_s=0,

@@ -109,6 +109,15 @@ def test_bench_smoke(db_url: str, tmp_path: Path) -> None:
         assert all(x >= 0 for x in present), row
         assert present == sorted(present), row
     assert not [s for s in data["skipped"] if s["scenario"] not in PEER_SCENARIOS]
+    # the latency target's open loop ran at its own rate, and PostgreSQL's row says whether
+    # the p99 target was met
+    target = rows["create_confirm_target"]
+    assert target["mode"].startswith("open 100/s"), target
+    if BACKEND == "postgresql":
+        assert target["vs"].startswith("p99 target ≤ 50 ms at 100/s: "), target
+        assert target["vs"].endswith(("met", "not met")), target
+    else:
+        assert target["vs"] == "", target
 
     ratios = {(c["what"], c["other_name"]): c["ratio"] for c in data["comparisons"]}
     assert ratios[("create+confirm", f"prototype ({BACKEND})")] > 0
