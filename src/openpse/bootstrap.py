@@ -134,6 +134,11 @@ def _features(svc: Services) -> tuple[list[Any], list[Any], list[Any]]:
 
         startup.append(_start)
         shutdown.append(_stop)
+    from openpse import process_metrics
+
+    publish_start, publish_stop = process_metrics.start_publishing()
+    startup.append(publish_start)
+    shutdown.append(publish_stop)
     shutdown.append(svc.db.dispose)
     return routers, startup, shutdown
 
@@ -179,7 +184,11 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stop)
+    publishing = loop.create_task(process_metrics.publish_forever()) \
+        if process_metrics.enabled() else None
     try:
         await w.run()
     finally:
+        if publishing is not None:
+            publishing.cancel()
         await svc.db.dispose()

@@ -37,6 +37,25 @@ def _scrape(base_url: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def _per_pid(base_url: str, name: str) -> dict[str, float]:
+    """``name``'s samples by their ``pid`` label ("" when there is none)."""
+    res = httpx.get(base_url + "/metrics", headers={"connection": "close"})
+    assert res.status_code == 200
+    return {s.labels.get("pid", ""): s.value
+            for fam in text_string_to_metric_families(res.text) for s in fam.samples
+            if s.name == name}
+
+
+def _memory_of(base_url: str, processes: int) -> dict[str, float]:
+    """Each process's published resident memory, once ``processes`` of them published."""
+    deadline = time.monotonic() + 20
+    while True:
+        rss = _per_pid(base_url, "process_resident_memory_bytes")
+        if len(rss) >= processes or time.monotonic() > deadline:
+            return rss
+        time.sleep(0.2)
+
+
 def _ok_per_process(metrics_dir: Path) -> dict[str, float]:
     """Each process's own count of 200 answers, read from its file in the directory."""
     counts = {}
@@ -92,6 +111,12 @@ def test_two_api_processes_count_every_answer_whichever_is_scraped(
     made_dirs = list(tmp.glob("openpse-metrics-*"))  # serve made one for its processes
     assert len(made_dirs) == 1
     _exact_totals(srv, made_dirs[0])
+    # the process collector cannot see the other process: each publishes its own memory
+    # (a series per pid) and CPU (summed)
+    rss = _memory_of(srv.base_url, 2)
+    assert len(rss) == 2 and all(pid.isdigit() for pid in rss), rss
+    assert all(30e6 < v < 2e9 for v in rss.values()), rss
+    assert 0 < _per_pid(srv.base_url, "process_cpu_seconds_total")[""] < 600
     srv.stop()
     assert not made_dirs[0].exists()  # and removed it when it stopped
 
@@ -116,6 +141,8 @@ async def _worker_beside_two_api_processes(url: str, services: Any, tmp_path: Pa
                               stderr=open(tmp_path / "worker.log", "ab"))
     try:
         _exact_totals(srv, metrics_dir)
+        rss = _memory_of(srv.base_url, 3)  # the worker's too
+        assert str(worker.pid) in rss and len(rss) == 3, (worker.pid, rss)
         delivered = 'openpse_webhook_deliveries_total'
         assert _scrape(srv.base_url, delivered, outcome="succeeded") == 0
         kit = await new_merchant(services, srv.base_url)
