@@ -14,6 +14,7 @@ import ipaddress
 import random
 import socket
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,13 @@ async def hang(writer: Writer) -> None:
     await asyncio.sleep(60)
 
 
+async def reset(writer: Writer) -> None:
+    """Takes the request, then resets the connection (RST) instead of answering."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 def http_date(seconds_from_now: int) -> str:
     return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
 
@@ -133,6 +141,7 @@ ROUTES: dict[str, Callable[[Writer], Awaitable[None]]] = {
     "/huge": endless,
     "/hang": hang,
     "/hangup": lambda w: w.drain(),  # reads the request, closes without a word
+    "/reset": reset,
     "/garbage": lambda w: simple_raw(w, b"NOT HTTP AT ALL\r\n\r\n"),
     "/short": lambda w: simple_raw(w, head("200 OK", length=100) + b"only ten b"),
     "/long-header": lambda w: simple(w, "200 OK", b"", "X-Long: " + "h" * 12_000),
@@ -415,6 +424,16 @@ async def test_a_broken_answer_is_a_protocol_error(
     failure named ``protocol_error``, never a success nor an exception."""
     result = await post(sender, receiver.url(path))
     assert (result.ok, result.error) == (False, "protocol_error")
+    assert len(receiver.requests) == 1
+
+
+async def test_a_connection_reset_instead_of_an_answer_is_a_network_error(
+    receiver: Receiver, sender: WebhookSender
+) -> None:
+    """The request arrives, then the connection is reset (a crashed receiver, a middlebox):
+    a failure named ``network_error``, retried like any other, never an exception."""
+    result = await post(sender, receiver.url("/reset"))
+    assert (result.ok, result.status_code, result.error) == (False, None, "network_error")
     assert len(receiver.requests) == 1
 
 
