@@ -76,6 +76,7 @@ from openpse.domain.payments import Status  # noqa: E402
 from openpse.services.events import API_VERSION, changed_fields  # noqa: E402
 from openpse.services.views import payment_view  # noqa: E402
 from openpse.storage import tables as t  # noqa: E402
+from openpse.storage.db import asyncpg_dsn  # noqa: E402
 from openpse.storage.direct import json_param  # noqa: E402
 from openpse.storage.rows import rfc3339  # noqa: E402
 
@@ -523,11 +524,6 @@ def _pipelined(plan: Plan, size: int) -> Iterator[Chunk]:
 # -- PostgreSQL
 
 
-def _pg_dsn(url: str) -> str:
-    u = make_url(url).set(drivername="postgresql")
-    return u.render_as_string(hide_password=False)
-
-
 # A chunk's postings go to slot 0 of each account's balance (storage/ledger.py spreads a
 # server's transactions over the slots; any slot sums the same).
 ADD_TO_SLOT_0 = ("INSERT INTO ledger_balances (account_id, slot, balance) VALUES ({}, 0, {}) "
@@ -538,7 +534,7 @@ ADD_TO_SLOT_0 = ("INSERT INTO ledger_balances (account_id, slot, balance) VALUES
 async def _load_pg(opts: Options, merchant: dict[str, Any], out: Outcome) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(_pg_dsn(opts.url))
+    conn = await asyncpg.connect(asyncpg_dsn(opts.url))
     try:
         await conn.execute("SET synchronous_commit = off")
         try:  # as pg_restore --disable-triggers: no per-row foreign-key checks (superuser only)

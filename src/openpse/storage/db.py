@@ -33,7 +33,8 @@ from openpse.storage.inline_sqlite import SQLITE_SYNCHRONOUS, inline_creator
 from openpse.storage.key_cache import KeyCache
 from openpse.storage.sqlite_lock import WriterFileLock, lock_path_for
 
-__all__ = ["Database", "FirstWrite", "Tx", "before_commit", "first_write", "on_rollback"]
+__all__ = ["Database", "FirstWrite", "Tx", "asyncpg_dsn", "before_commit", "first_write",
+           "on_rollback"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_READERS = 4
@@ -142,8 +143,7 @@ class Database:
         # (storage/key_cache.py); it listens only once something asks it for a key.
         self.key_cache: KeyCache | None = None
         if key_cache and not self.is_sqlite:
-            self.key_cache = KeyCache(make_url(url).set(drivername="postgresql")
-                                      .render_as_string(hide_password=False))
+            self.key_cache = KeyCache(asyncpg_dsn(url))
         self._idle_writers: list[tuple[AsyncConnection, float]] = []
         self._writers_open = 0
         # Read connections kept open between reads, as the writers are (at most this many).
@@ -401,6 +401,11 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A PostgreSQL URL (any SQLAlchemy driver) as a DSN asyncpg connects with on its own."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _mark_auth_changes(engine: AsyncEngine) -> None:
