@@ -184,11 +184,10 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stop)
-    publishing = loop.create_task(process_metrics.publish_forever()) \
-        if process_metrics.enabled() else None
+    start_publishing, stop_publishing = process_metrics.start_publishing()
+    await start_publishing()
     try:
         await w.run()
     finally:
-        if publishing is not None:
-            publishing.cancel()
+        await stop_publishing()
         await svc.db.dispose()

@@ -121,8 +121,9 @@ async def publish_forever(every_s: float = PUBLISH_EVERY_S) -> None:
 
 
 def start_publishing() -> tuple[Any, Any]:
-    """Startup and shutdown hooks running :func:`publish_forever` in the background (an API
-    process; ``openpse worker`` runs it beside its jobs)."""
+    """Startup and shutdown hooks running :func:`publish_forever` in the background while
+    several processes share the directory (an API process's lifespan; ``openpse worker``
+    around its jobs)."""
     tasks: list[asyncio.Task[None]] = []
 
     async def _start() -> None:
