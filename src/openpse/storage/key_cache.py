@@ -107,10 +107,11 @@ class KeyCache:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         table, _, ident = payload.partition(":")
-        self.epoch += 1
         if ident == "*":
             self._drop_all()
-        elif table == "access_keys":
+            return
+        self.epoch += 1
+        if table == "access_keys":
             row = self._rows.pop(ident, None)
             if row is not None:
                 self._by_merchant.get(row["merchant_id"], set()).discard(ident)
