@@ -183,3 +183,32 @@ async def test_a_listener_that_cannot_connect_keeps_nothing(migrated_db):
         assert cache._connecting is None  # no new attempt before RETRY_S
     finally:
         await cache.close()
+
+
+async def test_a_truncate_drops_every_kept_key(tmp_path):
+    """Migration 0008's statement trigger announces a TRUNCATE as ``<table>:*``; the cache then
+    keeps none of the rows it had, and none read before the notification."""
+    from tests.support.webhooks import fresh_db
+
+    async with fresh_db(tmp_path) as url:  # a database of its own: it is emptied
+        cache = KeyCache(_dsn(url))
+        try:
+            assert cache.get("ak_test_x") is None  # starts listening
+            deadline = time.monotonic() + 10
+            while not cache.listening():
+                assert time.monotonic() < deadline, "never listening"
+                await asyncio.sleep(0.02)
+            for key, merchant in (("ak_test_x", "mch_x"), ("ak_test_y", "mch_y")):
+                cache.put(key, {"id": key, "merchant_id": merchant}, cache.token())
+                assert cache.get(key) is not None
+            token = cache.token()
+            await _sql(url, "TRUNCATE access_keys CASCADE")
+            deadline = time.monotonic() + 5
+            while cache.get("ak_test_x") is not None or cache.get("ak_test_y") is not None:
+                assert time.monotonic() < deadline, "the TRUNCATE's notification never arrived"
+                await asyncio.sleep(0.01)
+            assert cache.epoch != token  # a row read across it is not kept
+            cache.put("ak_test_x", {"id": "ak_test_x", "merchant_id": "mch_x"}, token)
+            assert cache.get("ak_test_x") is None
+        finally:
+            await cache.close()
