@@ -133,14 +133,18 @@ async def test_without_its_listener_the_server_reads_every_key(services, server,
     assert_error(kit.raw().get("/v1/account"), 401, AUTH, "key_revoked")
 
 
+async def _until_listening(cache: KeyCache) -> None:
+    assert cache.get("ak_test_x") is None  # starts listening
+    deadline = time.monotonic() + 10
+    while not cache.listening():
+        assert time.monotonic() < deadline, "never listening"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_row_read_while_a_change_lands_is_not_kept(migrated_db):
     cache = KeyCache(_dsn(migrated_db))
     try:
-        assert cache.get("ak_test_x") is None  # starts listening
-        deadline = time.monotonic() + 10
-        while not cache.listening():
-            assert time.monotonic() < deadline, "never listening"
-            await asyncio.sleep(0.02)
+        await _until_listening(cache)
         row = {"id": "ak_test_x", "merchant_id": "mch_x"}
         token = cache.token()
         assert token is not None
@@ -193,11 +197,7 @@ async def test_a_truncate_drops_every_kept_key(tmp_path):
     async with fresh_db(tmp_path) as url:  # a database of its own: it is emptied
         cache = KeyCache(_dsn(url))
         try:
-            assert cache.get("ak_test_x") is None  # starts listening
-            deadline = time.monotonic() + 10
-            while not cache.listening():
-                assert time.monotonic() < deadline, "never listening"
-                await asyncio.sleep(0.02)
+            await _until_listening(cache)
             for key, merchant in (("ak_test_x", "mch_x"), ("ak_test_y", "mch_y")):
                 cache.put(key, {"id": key, "merchant_id": merchant}, cache.token())
                 assert cache.get(key) is not None
